@@ -1,0 +1,158 @@
+//! The configuration: the TOML file's shape, its defaults, and the validated `Config`.
+//!
+//! `Config::load` reads the file, resolves the password source, and checks every rule that can be
+//! checked without the network; each error names the key and the line it was found on. The rest
+//! of the crate only ever sees a validated `Config`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A validated configuration. Its rules hold for the life of the value: the endpoint is https
+/// unless plain HTTP was allowed, limits are above zero, every watch names a database and table.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    pub ledger: LedgerConfig,
+    pub load: LoadConfig,
+    pub watches: Vec<WatchConfig>,
+}
+
+/// `[cluster]`: where and how to reach the Stream Load endpoint.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Accept `http://` endpoints and https→http redirects (credentials then travel in clear).
+    pub allow_insecure_http: bool,
+    /// PEM bundle of trusted CAs; `None` means the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Base URL of the FE (or proxy), e.g. `https://fe.example.com:8443`; no trailing slash.
+    pub endpoint: Endpoint,
+    /// The cluster's label window (`label_keep_max_second`), default 3 days.
+    pub label_keep: Duration,
+    pub password: Secret,
+    /// Where advertised BE addresses (`host:port`) are rewritten to reachable ones.
+    pub redirect_map: BTreeMap<String, String>,
+    pub ssl_mode: SslMode,
+    /// Whole-request timeout for one Stream Load attempt, default 10 minutes.
+    pub timeout: Duration,
+    pub user: String,
+}
+
+/// A parsed endpoint URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// How much of the server's certificate is checked, in the cluster's own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Encrypted, nothing verified.
+    Required,
+    /// Chain verified against the trusted CAs, any name.
+    VerifyCa,
+    /// Chain and hostname (or IP SAN) verified.
+    #[default]
+    VerifyIdentity,
+}
+
+/// `[ledger]`.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    pub path: PathBuf,
+}
+
+/// `[load]`: how files are taken and submitted.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Most loads in flight at once, default 4.
+    pub max_in_flight: usize,
+    /// Give up retrying after this many attempts, default 10.
+    pub max_attempts: u32,
+    /// Interval of the full rescan that catches lost events, default 30s.
+    pub rescan: Duration,
+    /// First retry delay, default 5s; doubled per attempt, with jitter.
+    pub retry_initial: Duration,
+    /// Longest retry delay, default 5m.
+    pub retry_max: Duration,
+    /// A file is ready when its size and mtime have not changed for this long, default 5s.
+    pub settle: Duration,
+    /// How long running attempts may finish after SIGTERM, default 30s.
+    pub shutdown_grace: Duration,
+}
+
+/// One `[[watch]]`: a landing directory and its target table.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub after_load: AfterLoad,
+    /// Sent as the `column_separator` header, as written (`,`, `\x01`, `||`).
+    pub column_separator: String,
+    pub database: String,
+    pub dir: PathBuf,
+    /// Where loaded files go with `after_load = "move"`, default `<dir>/done`.
+    pub done_dir: PathBuf,
+    /// Where refused files go, with the cluster's answer beside them, default `<dir>/failed`.
+    pub failed_dir: PathBuf,
+    /// `[watch.headers]`, passed to Stream Load as is.
+    pub headers: BTreeMap<String, String>,
+    /// Glob patterns of file names that are never loaded (dotfiles, `*.tmp`, ... by default).
+    pub ignore: Vec<String>,
+    /// Prefix of every label of this watch, default `sluice_`.
+    pub label_prefix: String,
+    /// When set (e.g. `.ok`), `x.csv` is ready only once `x.csv.ok` exists.
+    pub marker_suffix: Option<String>,
+    pub table: String,
+    /// Where claimed files wait while they load, default `<dir>/.sluice-work`; same filesystem.
+    pub work_dir: PathBuf,
+}
+
+/// What happens to a file once its outcome is durable in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterLoad {
+    Delete,
+    Keep,
+    Move,
+}
+
+/// A password. Its `Debug` and `Display` never show the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for building the Authorization header and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl WatchConfig {
+    /// `database.table`, the ledger's name for the target.
+    pub fn target(&self) -> String {
+        format!("{}.{}", self.database, self.table)
+    }
+}
