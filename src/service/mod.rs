@@ -1,0 +1,353 @@
+//! The service: from ready files to their outcomes, for `sluice run` and `sluice once`.
+//!
+//! `Service` owns the ledger, the uploader and the limits; discovery feeds it candidates and it
+//! carries each through `pipeline`. Loads in flight are bounded by `load.max_in_flight`; files
+//! waiting for a load slot are bounded too, so a backlog of 100,000 files costs little memory.
+
+mod dispose;
+mod pipeline;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{AfterLoad, Config};
+use crate::ledger::{Ledger, LedgerError};
+use crate::upload::{UploadError, Uploader};
+use crate::watch::{self, Candidate, Discovery};
+
+use pipeline::Taken;
+
+/// Files handled at once beyond the loads in flight (digesting, waiting for a slot).
+const EXTRA_HANDLERS: usize = 8;
+
+/// Errors that stop the service before or instead of loading.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
+}
+
+/// How one file ended in this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOutcome {
+    Loaded { rows: u64, bytes: u64 },
+    Duplicate,
+    Rejected,
+    /// Not finished: will be tried again (by a later run, or after a pause).
+    Retrying,
+    Indeterminate,
+    /// Not ours to take now: already handled, claimed elsewhere, or changed while read.
+    Skipped,
+    /// Our own failure (unreadable file, ledger write); the file was left where it was.
+    LocalError,
+}
+
+/// What a run did, by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub loaded: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub retrying: u64,
+    pub indeterminate: u64,
+    pub skipped: u64,
+    pub local_errors: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl Summary {
+    fn add(&mut self, outcome: FileOutcome) {
+        match outcome {
+            FileOutcome::Loaded { rows, bytes } => {
+                self.loaded += 1;
+                self.rows += rows;
+                self.bytes += bytes;
+            }
+            FileOutcome::Duplicate => self.duplicate += 1,
+            FileOutcome::Rejected => self.rejected += 1,
+            FileOutcome::Retrying => self.retrying += 1,
+            FileOutcome::Indeterminate => self.indeterminate += 1,
+            FileOutcome::Skipped => self.skipped += 1,
+            FileOutcome::LocalError => self.local_errors += 1,
+        }
+    }
+
+    /// Whether every file reached loaded or duplicate (or was not ours to take).
+    pub fn is_clean(&self) -> bool {
+        self.rejected == 0 && self.retrying == 0 && self.indeterminate == 0 && self.local_errors == 0
+    }
+}
+
+/// The loading service. Shared in an `Arc` by every file task.
+pub struct Service {
+    config: Arc<Config>,
+    ledger: Ledger,
+    uploader: Uploader,
+    /// Bounds loads in flight to `load.max_in_flight`.
+    in_flight: Semaphore,
+    /// Serialises work on one (target, digest) so that two copies of the same bytes never load
+    /// at once: the second waits and then finds the first's outcome in the ledger.
+    digest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Paths being worked on, so a rescan does not take a kept file twice.
+    active: Mutex<HashSet<PathBuf>>,
+    stopping: AtomicBool,
+    stop: Notify,
+    /// Set once the cluster refused our credentials, so that it is said loudly only once.
+    auth_refused: AtomicBool,
+    summary: Mutex<Summary>,
+}
+
+impl Service {
+    /// Opens the ledger and prepares the uploader.
+    ///
+    /// # Errors
+    ///
+    /// The ledger cannot be opened (locked by another process, unreadable), or the TLS setup
+    /// failed (bad `ca_file`).
+    pub fn new(config: Config) -> Result<Arc<Service>, ServiceError> {
+        let ledger = Ledger::open(&config.ledger.path)?;
+        let uploader = Uploader::new(&config.cluster)?;
+        Ok(Arc::new(Service {
+            in_flight: Semaphore::new(config.load.max_in_flight),
+            config: Arc::new(config),
+            ledger,
+            uploader,
+            digest_locks: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            auth_refused: AtomicBool::new(false),
+            summary: Mutex::new(Summary::default()),
+        }))
+    }
+
+    /// The ledger this service writes.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Scans every watch once, loads everything ready, waits for every outcome.
+    ///
+    /// # Errors
+    ///
+    /// A watch folder cannot be scanned.
+    pub async fn once(self: &Arc<Self>) -> Result<Summary, ServiceError> {
+        let mut tasks = JoinSet::new();
+        let limit = Arc::new(Semaphore::new(self.config.load.max_in_flight + EXTRA_HANDLERS));
+        for taken in self.recover_working_files() {
+            self.spawn(&mut tasks, &limit, taken).await;
+        }
+        let candidates = watch::scan_ready(&self.config.watches, self.config.load.settle).await?;
+        info!(files = candidates.len(), "scanned landing folders");
+        for candidate in candidates {
+            if let Some(taken) = self.take(&candidate) {
+                self.spawn(&mut tasks, &limit, taken).await;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        self.ledger.flush()?;
+        Ok(self.summary())
+    }
+
+    /// Watches every folder until `shutdown` completes, then lets running attempts finish
+    /// within `load.shutdown_grace`.
+    ///
+    /// # Errors
+    ///
+    /// The watcher cannot be started.
+    pub async fn run(
+        self: &Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<Summary, ServiceError> {
+        let mut tasks = JoinSet::new();
+        let limit = Arc::new(Semaphore::new(self.config.load.max_in_flight + EXTRA_HANDLERS));
+        for taken in self.recover_working_files() {
+            self.spawn(&mut tasks, &limit, taken).await;
+        }
+        let (discovery, mut candidates) = Discovery::start(&self.config.watches, &self.config.load)?;
+        info!(watches = self.config.watches.len(), "sluice is running");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                candidate = candidates.recv() => {
+                    let Some(candidate) = candidate else { break };
+                    if let Some(taken) = self.take(&candidate) {
+                        self.spawn(&mut tasks, &limit, taken).await;
+                    }
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        discovery.stop();
+        self.begin_stop();
+        info!(running = tasks.len(), "stopping: no new files taken");
+        let grace = self.config.load.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(cut_short = tasks.len(), "shutdown grace ran out; cut attempts are resolved at next start");
+            tasks.abort_all();
+        }
+        self.ledger.flush()?;
+        Ok(self.summary())
+    }
+
+    /// What this service did so far.
+    pub fn summary(&self) -> Summary {
+        self.summary.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Asks running work to stop at its next safe point.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    async fn spawn(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        limit: &Arc<Semaphore>,
+        taken: Taken,
+    ) {
+        // Back-pressure: wait for a handler slot before taking more from discovery.
+        let Ok(permit) = Arc::clone(limit).acquire_owned().await else { return };
+        let service = Arc::clone(self);
+        tasks.spawn(async move {
+            let active_key = taken.working.clone();
+            let outcome = service.process(taken).await;
+            service.lock_active().remove(&active_key);
+            service.summary.lock().unwrap_or_else(PoisonError::into_inner).add(outcome);
+            drop(permit);
+        });
+    }
+
+    /// Takes a candidate: recognises a kept file already handled, else claims it.
+    fn take(&self, candidate: &Candidate) -> Option<Taken> {
+        let watch = &self.config.watches[candidate.watch];
+        if watch.after_load == AfterLoad::Keep {
+            if self.is_handled_keep(candidate) {
+                debug!(path = %candidate.path.display(), "kept file already handled");
+                return None;
+            }
+            if !self.lock_active().insert(candidate.path.clone()) {
+                return None;
+            }
+            return Some(Taken {
+                watch: candidate.watch,
+                original: candidate.path.clone(),
+                working: candidate.path.clone(),
+            });
+        }
+        match dispose::claim(watch, &candidate.path) {
+            Ok(working) => {
+                self.lock_active().insert(working.clone());
+                debug!(path = %candidate.path.display(), working = %working.display(), "claimed");
+                Some(Taken { watch: candidate.watch, original: candidate.path.clone(), working })
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                debug!(path = %candidate.path.display(), "gone before it was claimed");
+                None
+            }
+            Err(err) => {
+                error!(path = %candidate.path.display(), error = %err,
+                    "cannot claim file, left in place");
+                None
+            }
+        }
+    }
+
+    /// Whether a kept file is the very file a finished record describes (same inode, size and
+    /// mtime): then it is not read again.
+    fn is_handled_keep(&self, candidate: &Candidate) -> bool {
+        let Ok(Some(record)) = self.ledger.find_by_path(&candidate.path) else { return false };
+        let Some(identity) = record.identity else { return false };
+        let mtime_ns = candidate.mtime.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
+            i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
+        });
+        record.status.is_terminal()
+            && identity.ino == candidate.ino
+            && identity.dev == candidate.dev
+            && identity.size == candidate.size
+            && identity.mtime_ns == mtime_ns
+    }
+
+    /// Files left in working folders by an earlier run that stopped before disposing of them.
+    fn recover_working_files(&self) -> Vec<Taken> {
+        let mut found = Vec::new();
+        for (index, watch) in self.config.watches.iter().enumerate() {
+            if watch.after_load == AfterLoad::Keep {
+                continue;
+            }
+            let Ok(entries) = fs::read_dir(&watch.work_dir) else { continue };
+            for entry in entries.flatten() {
+                let working = entry.path();
+                if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                    continue;
+                }
+                let original = watch.dir.join(entry.file_name());
+                info!(path = %working.display(), "resuming a file left in the working folder");
+                self.lock_active().insert(working.clone());
+                found.push(Taken { watch: index, original, working });
+            }
+        }
+        found
+    }
+
+    fn digest_lock(&self, target: &str, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.digest_locks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Drop locks nobody holds, so the map stays as small as the work in flight.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry(format!("{target}\0{sha256}")).or_default())
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    async fn sleep_unless_stopping(&self, delay: Duration) {
+        let stopped = self.stop.notified();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stopped => {}
+        }
+    }
+
+    /// Exponential backoff from `retry_initial`, doubling per attempt up to `retry_max`, with
+    /// jitter in [50%, 100%] so that a fleet does not retry in step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let load = &self.config.load;
+        let exp = load.retry_initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(load.retry_max);
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
+            d.subsec_nanos()
+        });
+        let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
+        capped.mul_f64(jitter)
+    }
+
+    fn refuse_credentials(&self, message: &str) {
+        if !self.auth_refused.swap(true, Ordering::SeqCst) {
+            error!(message, "the cluster refused our credentials; no file is marked rejected");
+        }
+    }
+}
