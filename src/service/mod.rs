@@ -10,7 +10,7 @@ mod pipeline;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -64,6 +64,8 @@ pub struct Summary {
     pub indeterminate: u64,
     pub skipped: u64,
     pub local_errors: u64,
+    /// Files read through SHA-256 in this run.
+    pub digested: u64,
     pub rows: u64,
     pub bytes: u64,
 }
@@ -108,6 +110,7 @@ pub struct Service {
     /// Set once the cluster refused our credentials, so that it is said loudly only once.
     auth_refused: AtomicBool,
     summary: Mutex<Summary>,
+    digested: AtomicU64,
 }
 
 impl Service {
@@ -131,6 +134,7 @@ impl Service {
             stop: Notify::new(),
             auth_refused: AtomicBool::new(false),
             summary: Mutex::new(Summary::default()),
+            digested: AtomicU64::new(0),
         }))
     }
 
@@ -210,7 +214,9 @@ impl Service {
 
     /// What this service did so far.
     pub fn summary(&self) -> Summary {
-        self.summary.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let mut summary = self.summary.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        summary.digested = self.digested.load(Ordering::Relaxed);
+        summary
     }
 
     /// Asks running work to stop at its next safe point.

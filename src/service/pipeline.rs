@@ -71,6 +71,7 @@ impl Service {
         })
         .await?
         .with_context(|| format!("failed to read `{}`", taken.working.display()))?;
+        self.digested.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let after = identity(&file)?;
         if before != after || len != after.size {
             warn!(path = %taken.original.display(), "file changed while being digested, left for later");
