@@ -2,12 +2,24 @@
 //!
 //! `Config::load` reads the file, resolves the password source, and checks every rule that can be
 //! checked without the network; each error names the key and the line it was found on. The rest
-//! of the crate only ever sees a validated `Config`.
+//! of the crate only ever sees a validated `Config`. The file's serde shape and every default
+//! live in `file`; the TOML tree with its spans in `document`; the rules in `validate`, `watch`,
+//! `endpoint` and `password`.
+
+mod document;
+mod endpoint;
+mod error;
+mod file;
+mod password;
+mod validate;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use error::{ConfigError, Problem};
 
 /// A validated configuration. Its rules hold for the life of the value: the endpoint is https
 /// unless plain HTTP was allowed, limits are above zero, every watch names a database and table.
@@ -17,6 +29,45 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub load: LoadConfig,
     pub watches: Vec<WatchConfig>,
+}
+
+impl Config {
+    /// Reads the file at `path`, validates it and resolves the password from the process
+    /// environment (`password_env`, `$CREDENTIALS_DIRECTORY`).
+    ///
+    /// Relative paths in the file are taken relative to the file's own directory.
+    ///
+    /// # Errors
+    ///
+    /// Every problem found, each with its line and key: the file cannot be read, TOML syntax,
+    /// unknown keys, wrong types, and every rule of `parse`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::single(
+                path,
+                format!("cannot read config file: {}", error::describe_io(&err)),
+            )
+        })?;
+        Config::parse(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Validates `text` as the config file `origin` and resolves the password.
+    ///
+    /// `origin` names the file in messages and anchors relative paths (its directory); `env`
+    /// looks up environment variables, so tests can pass a map instead of the process
+    /// environment. The filesystem is consulted: watched directories must exist, the password
+    /// and CA files are read.
+    ///
+    /// # Errors
+    ///
+    /// All problems of the file at once, not just the first; see [`ConfigError`].
+    pub fn parse(
+        text: &str,
+        origin: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        validate::parse(text, origin, env)
+    }
 }
 
 /// `[cluster]`: where and how to reach the Stream Load endpoint.
@@ -30,8 +81,11 @@ pub struct ClusterConfig {
     pub endpoint: Endpoint,
     /// The cluster's label window (`label_keep_max_second`), default 3 days.
     pub label_keep: Duration,
+    /// The password of `user`, from `password_file`, `password_env` or `password_credential`.
     pub password: Secret,
-    /// Where advertised BE addresses (`host:port`) are rewritten to reachable ones.
+    /// Where advertised BE addresses (`host:port`) are rewritten to reachable ones. Both sides
+    /// are normalized: host in lowercase, IPv6 in brackets, port always present
+    /// (see [`Endpoint::authority`]).
     pub redirect_map: BTreeMap<String, String>,
     pub ssl_mode: SslMode,
     /// Whole-request timeout for one Stream Load attempt, default 10 minutes.
@@ -39,18 +93,53 @@ pub struct ClusterConfig {
     pub user: String,
 }
 
-/// A parsed endpoint URL.
+/// A parsed endpoint URL: scheme, host and port, nothing else (no path, query or userinfo).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub scheme: Scheme,
+    /// Host name in lowercase or IP address; an IPv6 address without its brackets.
     pub host: String,
+    /// The port, 443 or 80 by scheme when the URL names none.
     pub port: u16,
 }
 
+impl Endpoint {
+    /// `host:port`, with an IPv6 host in brackets: the authority part of a URL.
+    pub fn authority(&self) -> String {
+        endpoint::format_authority(&self.host, self.port)
+    }
+}
+
+/// `scheme://host:port`, with no trailing slash.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority())
+    }
+}
+
+/// The endpoint's URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Http,
     Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The port a URL of this scheme means when it names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
 }
 
 /// How much of the server's certificate is checked, in the cluster's own terms.
@@ -68,6 +157,7 @@ pub enum SslMode {
 /// `[ledger]`.
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
+    /// The sled directory, default `/var/lib/sluice/ledger`.
     pub path: PathBuf,
 }
 
@@ -94,7 +184,9 @@ pub struct LoadConfig {
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
     pub after_load: AfterLoad,
-    /// Sent as the `column_separator` header, as written (`,`, `\x01`, `||`).
+    /// Sent as the `column_separator` header, as written (`,`, `\x01`, `||`); a value holding
+    /// control characters (a TOML `"\t"`) is turned into the cluster's hex form (`\x09`), which
+    /// is also the default, because a bare tab would be trimmed from an HTTP header.
     pub column_separator: String,
     pub database: String,
     pub dir: PathBuf,
