@@ -69,7 +69,9 @@ pub fn label_for(prefix: &str, database: &str, table: &str, sha256: &str) -> Str
 pub fn is_valid_label(label: &str) -> bool {
     !label.is_empty()
         && label.len() <= MAX_LABEL_LEN
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The longest prefix that still leaves room for the digest and target hash.
@@ -94,7 +96,10 @@ mod tests {
     #[test]
     fn digest_of_known_bytes() {
         let (digest, len) = digest_reader(&mut &b"abc"[..]).unwrap();
-        assert_eq!(digest, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(len, 3);
     }
 
@@ -107,8 +112,18 @@ mod tests {
         assert!(is_valid_label(&a), "{a}");
         assert!(a.starts_with("sluice_ba7816bf"));
         let long_prefix = "p".repeat(max_prefix_len());
-        assert!(is_valid_label(&label_for(&long_prefix, "sales", "orders", d)));
-        assert!(!is_valid_label(&label_for(&format!("{long_prefix}p"), "s", "o", d)));
+        assert!(is_valid_label(&label_for(
+            &long_prefix,
+            "sales",
+            "orders",
+            d
+        )));
+        assert!(!is_valid_label(&label_for(
+            &format!("{long_prefix}p"),
+            "s",
+            "o",
+            d
+        )));
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub struct Ledger {
     records: sled::Tree,
     digests: sled::Tree,
     paths: sled::Tree,
+    /// Ids of records not yet in a terminal state, so that start-up finds unfinished work
+    /// without reading every record.
+    open: sled::Tree,
 }
 
 impl Ledger {
@@ -182,6 +185,7 @@ impl Ledger {
             records: open("records")?,
             digests: open("digests")?,
             paths: open("paths")?,
+            open: open("open")?,
             db,
         })
     }
@@ -269,7 +273,28 @@ impl Ledger {
         self.paths
             .insert(path_key(&record.path), &record.id.to_be_bytes())
             .map_err(LedgerError::Write)?;
+        if record.status.is_terminal() {
+            self.open.remove(record.id.to_be_bytes()).map_err(LedgerError::Write)?;
+        } else {
+            self.open.insert(record.id.to_be_bytes(), &[]).map_err(LedgerError::Write)?;
+        }
         self.flush()
+    }
+
+    /// Records not yet in a terminal state, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// A failed read or an undecodable record.
+    pub fn unfinished(&self) -> Result<Vec<Record>, LedgerError> {
+        let mut found = Vec::new();
+        for key in self.open.iter().keys() {
+            let id = decode_id(&key.map_err(LedgerError::Read)?);
+            if let Some(record) = self.get(id)? {
+                found.push(record);
+            }
+        }
+        Ok(found)
     }
 
     /// Makes every write so far durable.
