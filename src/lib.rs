@@ -13,4 +13,5 @@
 //! - `demo`: the `sluice demo` command.
 
 pub mod config;
+pub mod emulator;
 pub mod label;
