@@ -131,8 +131,12 @@ pub(crate) async fn load<S: Io>(
         }
     };
 
+    let _busy = state.enter_load();
     if req.expects_continue() && framing != Framing::Length(0) {
         http::write_continue(conn).await?;
+    }
+    if !state.load_delay.is_zero() {
+        tokio::time::sleep(state.load_delay).await;
     }
     let read_started = Instant::now();
     let mut parser = CsvParser::new(

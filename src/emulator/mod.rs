@@ -111,6 +111,9 @@ pub struct EmulatorOptions {
     pub keep_rows: usize,
     /// How long finished labels are remembered (`label_keep_max_second`); default 3 days.
     pub label_keep: Duration,
+    /// Extra time each load takes before its body is read; default none. For tests that need
+    /// loads to overlap.
+    pub load_delay: Duration,
     pub mode: Mode,
     /// The password that basic auth must carry; default `sluice-emulator`. Never logged.
     pub password: String,
@@ -129,6 +132,7 @@ impl Default for EmulatorOptions {
             empty_load_as_error: true,
             keep_rows: 1000,
             label_keep: THREE_DAYS,
+            load_delay: Duration::ZERO,
             mode: Mode::Redirect,
             password: "sluice-emulator".to_string(),
             port: 0,
@@ -274,6 +278,8 @@ pub struct Stats {
     /// Keyed by `db/label`. Entries outlive the label window (their state then reads
     /// `UNKNOWN`), so a test can see a second commit of the same label after expiry.
     pub labels: BTreeMap<String, LabelStats>,
+    /// Most loads that were past their header phase at one moment.
+    pub max_concurrent_loads: u64,
     /// Keyed by `db.table`; every declared table is present.
     pub tables: BTreeMap<String, TableStats>,
 }

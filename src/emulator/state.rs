@@ -56,6 +56,8 @@ pub(crate) enum LabelInUse {
 
 pub(crate) struct State {
     pub(crate) empty_load_as_error: bool,
+    /// Extra time every load takes before its body is read, so that tests see loads overlap.
+    pub(crate) load_delay: Duration,
     keep_rows: usize,
     label_keep: Duration,
     password: String,
@@ -74,6 +76,9 @@ struct Inner {
     labels: BTreeMap<(String, String), LabelRecord>,
     next_txn_id: i64,
     table_stats: BTreeMap<String, TableStats>,
+    /// Loads past their header phase and not yet answered, now and at most.
+    loads_now: u64,
+    loads_max: u64,
 }
 
 /// A label and its latest transaction, plus counters that survive reuse and expiry.
@@ -100,6 +105,7 @@ impl State {
             .collect();
         State {
             empty_load_as_error: opts.empty_load_as_error,
+            load_delay: opts.load_delay,
             keep_rows: opts.keep_rows,
             label_keep: opts.label_keep,
             password: opts.password,
@@ -114,6 +120,8 @@ impl State {
                 labels: BTreeMap::new(),
                 next_txn_id: 1000,
                 table_stats,
+                loads_now: 0,
+                loads_max: 0,
             }),
         }
     }
@@ -220,6 +228,14 @@ impl State {
         self.keep_rows.saturating_sub(kept)
     }
 
+    /// Counts a load as running until the guard drops.
+    pub(crate) fn enter_load(&self) -> LoadGuard<'_> {
+        let mut inner = self.lock();
+        inner.loads_now += 1;
+        inner.loads_max = inner.loads_max.max(inner.loads_now);
+        LoadGuard { state: self }
+    }
+
     pub(crate) fn abort(&self, txn: &Txn) {
         let mut inner = self.lock();
         let now = self.now(&inner);
@@ -315,6 +331,7 @@ impl State {
             .collect();
         Stats {
             labels,
+            max_concurrent_loads: inner.loads_max,
             tables: inner.table_stats.clone(),
         }
     }
@@ -422,5 +439,16 @@ mod tests {
         let label = generate_label();
         assert_eq!(label.len(), 36, "{label}");
         assert_ne!(label, generate_label());
+    }
+}
+
+/// A running load, counted in the concurrency figures while it lives.
+pub(crate) struct LoadGuard<'a> {
+    state: &'a State,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        self.state.lock().loads_now -= 1;
     }
 }
