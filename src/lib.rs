@@ -14,3 +14,5 @@
 
 pub mod config;
 pub mod label;
+pub mod tls;
+pub mod upload;
