@@ -1,0 +1,310 @@
+//! The request body of a load: the claimed file, streamed from disk behind the Expect gate.
+//!
+//! The body yields nothing until the gate opens: on `100 Continue`, or after `CONTINUE_WAIT`
+//! of silence (as curl does, for servers that never send 100). When a final answer comes first
+//! the gate closes for good and no byte of the file is ever handed to hyper. Once open, a
+//! blocking thread reads the file with `read_at` into a small bounded channel, so memory stays
+//! flat whatever the file size and every hop can read again from offset 0.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Sleep;
+
+/// How long the body waits for `100 Continue` before it is sent anyway (curl waits 1 s).
+pub(crate) const CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
+/// Bytes per read and per frame. 1 MiB keeps syscalls and frames few; with `CHANNEL_CHUNKS`
+/// in flight the body holds at most a few MiB whatever the file size.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks read ahead of the connection.
+const CHANNEL_CHUNKS: usize = 4;
+
+const HOLD: u8 = 0;
+const OPEN: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// The Expect gate of one request, shared by the body, the `100 Continue` callback and the
+/// exchange that sees the final answer. It moves once, from hold to open or to closed.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    state: AtomicU8,
+    /// Wakes the body when `100 Continue` opens the gate; taken on first use.
+    wake: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Gate {
+    /// Open the gate on `100 Continue` and wake the body.
+    pub(crate) fn on_continue(&self) {
+        self.open();
+        let sender = self
+            .wake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+
+    /// A final answer arrived. Returns true when the body had not been let through, and now
+    /// never will be.
+    pub(crate) fn close(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(HOLD, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == CLOSED,
+        }
+    }
+
+    /// Returns true when the gate is (now) open.
+    fn open(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(HOLD, OPEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == OPEN,
+        }
+    }
+
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+}
+
+/// Why the body stopped before `len` bytes.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyFailure {
+    #[error("the file ended after {read} of {expected} bytes")]
+    FileChanged { expected: u64, read: u64 },
+    #[error("reading the file failed: {0}")]
+    Read(io::Error),
+}
+
+/// What the body reports to the exchange: whether any byte was handed over, and why it failed.
+#[derive(Debug, Default)]
+pub(crate) struct BodyReport {
+    started: AtomicBool,
+    failure: Mutex<Option<BodyFailure>>,
+}
+
+impl BodyReport {
+    /// Whether a byte of the file was handed to the connection (and so may have been sent).
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Forget the previous hop: each hop reports on its own body.
+    pub(crate) fn reset(&self) {
+        self.started.store(false, Ordering::Release);
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The failure of the body, if it failed.
+    pub(crate) fn take_failure(&self) -> Option<BodyFailure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn fail(&self, failure: BodyFailure) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure);
+    }
+}
+
+/// The hyper body of a load. Its size hint is exact, so hyper frames it with Content-Length.
+pub(crate) struct FileBody {
+    file: Arc<File>,
+    len: u64,
+    sent: u64,
+    gate: Arc<Gate>,
+    report: Arc<BodyReport>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Waiting for `100 Continue` (the receiver) or the end of `CONTINUE_WAIT` (the timer,
+    /// started when hyper first asks for data, right after it flushed the head).
+    Held {
+        continued: Option<oneshot::Receiver<()>>,
+        timer: Option<Pin<Box<Sleep>>>,
+    },
+    Streaming(mpsc::Receiver<Result<Bytes, BodyFailure>>),
+    /// Closed before any byte, or failed: yields nothing more, ever.
+    Stopped,
+    Done,
+}
+
+impl FileBody {
+    /// The body for `len` bytes of `file` from offset 0, and the gate that holds it back.
+    pub(crate) fn new(file: Arc<File>, len: u64, report: Arc<BodyReport>) -> (FileBody, Arc<Gate>) {
+        let (wake, continued) = oneshot::channel();
+        let gate = Arc::new(Gate {
+            state: AtomicU8::new(HOLD),
+            wake: Mutex::new(Some(wake)),
+        });
+        let body = FileBody {
+            file,
+            len,
+            sent: 0,
+            gate: gate.clone(),
+            report,
+            phase: Phase::Held {
+                continued: Some(continued),
+                timer: None,
+            },
+        };
+        (body, gate)
+    }
+
+    /// Poll the gate. Ready(true) once it is open, Ready(false) when it closed.
+    fn poll_gate(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Phase::Held { continued, timer } = &mut self.phase else {
+            return Poll::Ready(true);
+        };
+        match self.gate.state() {
+            OPEN => return Poll::Ready(true),
+            CLOSED => return Poll::Ready(false),
+            _ => {}
+        }
+        if let Some(rx) = continued {
+            // An error means the callback was dropped with the request head; only the timer
+            // can open the gate then.
+            if Pin::new(rx).poll(cx).is_ready() {
+                *continued = None;
+                if self.gate.state() == OPEN {
+                    return Poll::Ready(true);
+                }
+            }
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(CONTINUE_WAIT)));
+        if timer.as_mut().poll(cx).is_ready() {
+            tracing::trace!("no 100 continue within the wait, sending the body anyway");
+            return Poll::Ready(self.gate.open());
+        }
+        Poll::Pending
+    }
+
+    fn start_reader(&mut self) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (file, len) = (self.file.clone(), self.len);
+        tokio::task::spawn_blocking(move || read_chunks(&file, len, &tx));
+        self.phase = Phase::Streaming(rx);
+    }
+
+    /// Stop for good, keeping the reason for the exchange; hyper gets a plain abort.
+    fn fail(&mut self, failure: BodyFailure) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        self.phase = Phase::Stopped;
+        let aborted = BodyAborted(failure.to_string());
+        self.report.fail(failure);
+        Poll::Ready(Some(Err(aborted)))
+    }
+}
+
+/// The error hyper sees when the body stops early; the exchange reads the real reason from
+/// the `BodyReport`.
+#[derive(Debug, thiserror::Error)]
+#[error("body aborted: {0}")]
+pub(crate) struct BodyAborted(String);
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = BodyAborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.phase {
+                Phase::Held { .. } => match this.poll_gate(cx) {
+                    Poll::Ready(true) => this.start_reader(),
+                    Poll::Ready(false) => {
+                        // A final answer came first. Stay pending: the exchange reads that
+                        // answer and then drops the connection, and an error here could cut
+                        // the answer short.
+                        this.phase = Phase::Stopped;
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Streaming(rx) => {
+                    return match rx.poll_recv(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(Some(Ok(chunk))) => {
+                            this.report.started.store(true, Ordering::Release);
+                            this.sent += chunk.len() as u64;
+                            if this.sent >= this.len {
+                                this.phase = Phase::Done;
+                            }
+                            Poll::Ready(Some(Ok(Frame::data(chunk))))
+                        }
+                        Poll::Ready(Some(Err(failure))) => this.fail(failure),
+                        Poll::Ready(None) => this.fail(BodyFailure::Read(io::Error::other(
+                            "the file reader stopped early",
+                        ))),
+                    };
+                }
+                Phase::Stopped => return Poll::Pending,
+                Phase::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.len == 0 || matches!(self.phase, Phase::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len - self.sent)
+    }
+}
+
+/// Read `len` bytes of `file` from offset 0 into `tx`, chunk by chunk; runs on a blocking
+/// thread and stops early when the body is dropped (the channel closes).
+fn read_chunks(file: &File, len: u64, tx: &mpsc::Sender<Result<Bytes, BodyFailure>>) {
+    let mut offset = 0u64;
+    while offset < len {
+        // Bounded by CHUNK_BYTES, so the cast to usize cannot truncate.
+        let want = (len - offset).min(CHUNK_BYTES as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => {
+                    let read = offset + filled as u64;
+                    let _ = tx.blocking_send(Err(BodyFailure::FileChanged {
+                        expected: len,
+                        read,
+                    }));
+                    return;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(BodyFailure::Read(e)));
+                    return;
+                }
+            }
+        }
+        offset += want as u64;
+        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            return;
+        }
+    }
+}
