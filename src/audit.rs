@@ -96,7 +96,9 @@ pub fn print_list(ledger: &Ledger, out: &mut impl Write) -> Result<(), AuditErro
     }
     for record in &records {
         let when = humantime::format_rfc3339_seconds(record.first_seen).to_string();
-        let rows = record.rows_loaded.map_or_else(|| "-".to_owned(), |r| r.to_string());
+        let rows = record
+            .rows_loaded
+            .map_or_else(|| "-".to_owned(), |r| r.to_string());
         let line = format!(
             "{:<20}  {:<13}  {:<24}  {:>9}  {:>10}  {:>3}  {} ({})",
             when,

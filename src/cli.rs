@@ -18,6 +18,7 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "text", env = "SLUICE_LOG_FORMAT")]
     pub log_format: LogFormat,
 
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,7 +56,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Path of the TOML configuration.
-    #[arg(long, short, env = "SLUICE_CONFIG", default_value = "/etc/sluice/sluice.toml")]
+    #[arg(
+        long,
+        short,
+        env = "SLUICE_CONFIG",
+        default_value = "/etc/sluice/sluice.toml"
+    )]
     pub config: PathBuf,
 }
 

@@ -97,14 +97,18 @@ fn check(args: &ConfigArg) -> anyhow::Result<Exit> {
 
 fn print_label(args: &LabelArgs) -> anyhow::Result<Exit> {
     anyhow::ensure!(
-        args.prefix.len() <= label::max_prefix_len() && label::is_valid_label(&format!("{}x", args.prefix)),
+        args.prefix.len() <= label::max_prefix_len()
+            && label::is_valid_label(&format!("{}x", args.prefix)),
         "label prefix `{}` must be at most {} of ASCII letters, digits, `_` and `-`",
         args.prefix,
         label::max_prefix_len()
     );
     let (sha256, _) = label::digest_file(&args.file)
         .with_context(|| format!("failed to read `{}`", args.file.display()))?;
-    println!("{}", label::label_for(&args.prefix, &args.database, &args.table, &sha256));
+    println!(
+        "{}",
+        label::label_for(&args.prefix, &args.database, &args.table, &sha256)
+    );
     Ok(Exit::Success)
 }
 
@@ -126,8 +130,12 @@ async fn run(args: &ConfigArg) -> anyhow::Result<Exit> {
     let service = Service::new(config)?;
     let stop = shutdown_signal()?;
     let summary = service.run(stop).await?;
-    info!(loaded = summary.loaded, duplicate = summary.duplicate, rejected = summary.rejected,
-        "stopped");
+    info!(
+        loaded = summary.loaded,
+        duplicate = summary.duplicate,
+        rejected = summary.rejected,
+        "stopped"
+    );
     Ok(Exit::Success)
 }
 

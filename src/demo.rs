@@ -13,20 +13,50 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::audit;
 use crate::commands::Exit;
 use crate::config::Config;
 use crate::emulator::{Emulator, EmulatorOptions, Mode, TableSpec};
 use crate::service::Service;
-use crate::audit;
 
 /// The sample files: (table, file name, column count, bytes).
 const SAMPLES: &[(&str, &str, usize, &str)] = &[
-    ("airlines", "airlines.csv", 2, include_str!("../tests/data/nycflights13/airlines.csv")),
-    ("airports", "airports.csv", 8, include_str!("../tests/data/nycflights13/airports.csv")),
-    ("planes", "planes.csv", 9, include_str!("../tests/data/nycflights13/planes.csv")),
-    ("weather", "weather.csv", 15, include_str!("../tests/data/nycflights13/weather.csv")),
-    ("flights", "flights_jan1.csv", 19, include_str!("../tests/data/nycflights13/flights_jan1.csv")),
-    ("flights", "flights_jan2.csv", 19, include_str!("../tests/data/nycflights13/flights_jan2.csv")),
+    (
+        "airlines",
+        "airlines.csv",
+        2,
+        include_str!("../tests/data/nycflights13/airlines.csv"),
+    ),
+    (
+        "airports",
+        "airports.csv",
+        8,
+        include_str!("../tests/data/nycflights13/airports.csv"),
+    ),
+    (
+        "planes",
+        "planes.csv",
+        9,
+        include_str!("../tests/data/nycflights13/planes.csv"),
+    ),
+    (
+        "weather",
+        "weather.csv",
+        15,
+        include_str!("../tests/data/nycflights13/weather.csv"),
+    ),
+    (
+        "flights",
+        "flights_jan1.csv",
+        19,
+        include_str!("../tests/data/nycflights13/flights_jan1.csv"),
+    ),
+    (
+        "flights",
+        "flights_jan2.csv",
+        19,
+        include_str!("../tests/data/nycflights13/flights_jan2.csv"),
+    ),
 ];
 
 const DATABASE: &str = "nyc";
@@ -43,7 +73,8 @@ pub async fn run(dir: Option<&Path>) -> anyhow::Result<Exit> {
     let temp;
     let base = match dir {
         Some(dir) => {
-            fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+            fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?;
             dir.to_path_buf()
         }
         None => {
@@ -62,11 +93,19 @@ pub async fn run(dir: Option<&Path>) -> anyhow::Result<Exit> {
             });
         }
     }
-    let options = EmulatorOptions { tables, mode: Mode::RedirectTlsBe, ..EmulatorOptions::default() };
+    let options = EmulatorOptions {
+        tables,
+        mode: Mode::RedirectTlsBe,
+        ..EmulatorOptions::default()
+    };
     let password = options.password.clone();
     let user = options.user.clone();
     let emulator = Emulator::start(options).await?;
-    println!("emulator: {} (FE, https), BE at {} (https)", emulator.endpoint(), emulator.be_addr());
+    println!(
+        "emulator: {} (FE, https), BE at {} (https)",
+        emulator.endpoint(),
+        emulator.be_addr()
+    );
 
     let config_path = write_setup(&base, &emulator, &user, &password)?;
     println!("config:   {}", config_path.display());
@@ -85,6 +124,8 @@ pub async fn run(dir: Option<&Path>) -> anyhow::Result<Exit> {
         })
     };
 
+    // Let the watcher start first, so that renamed files show as renamed, not as settled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     drop_samples(&base).await?;
     let expected = SAMPLES.len() as u64 + 1;
     let started = Instant::now();
@@ -108,7 +149,11 @@ pub async fn run(dir: Option<&Path>) -> anyhow::Result<Exit> {
     emulator.shutdown().await;
 
     let all_in = summary.loaded == SAMPLES.len() as u64 && summary.duplicate == 1;
-    Ok(if all_in && counts_match && summary.is_clean() { Exit::Success } else { Exit::Failure })
+    Ok(if all_in && counts_match && summary.is_clean() {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
 }
 
 /// Writes the CA, the password file and the configuration; returns the configuration's path.
@@ -186,7 +231,10 @@ async fn drop_samples(base: &Path) -> anyhow::Result<()> {
 fn print_row_counts(emulator: &Emulator) -> bool {
     let stats = emulator.stats();
     let mut all = true;
-    println!("{:<16} {:>12} {:>12}  {}", "table", "source rows", "loaded rows", "");
+    println!(
+        "{:<16} {:>12} {:>12}",
+        "table", "source rows", "loaded rows"
+    );
     let mut seen = Vec::new();
     for (table, ..) in SAMPLES {
         if seen.contains(table) {
@@ -202,7 +250,10 @@ fn print_row_counts(emulator: &Emulator) -> bool {
         let loaded = stats.tables.get(&key).map_or(0, |t| t.rows);
         let ok = source == loaded;
         all &= ok;
-        println!("{key:<16} {source:>12} {loaded:>12}  {}", if ok { "ok" } else { "MISMATCH" });
+        println!(
+            "{key:<16} {source:>12} {loaded:>12}  {}",
+            if ok { "ok" } else { "MISMATCH" }
+        );
     }
     all
 }

@@ -74,7 +74,8 @@ pub struct FileIdentity {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
-    pub mtime_ns: i128,
+    /// Nanoseconds since the epoch (an i64 lasts until 2262).
+    pub mtime_ns: i64,
 }
 
 /// One submission of a file to the cluster.
@@ -172,14 +173,21 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
         let db = sled::Config::new().path(path).open().map_err(|source| {
             if is_lock_error(&source) {
-                LedgerError::Locked { path: path.to_path_buf() }
+                LedgerError::Locked {
+                    path: path.to_path_buf(),
+                }
             } else {
-                LedgerError::Open { path: path.to_path_buf(), source }
+                LedgerError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
         let open = |name: &str| {
-            db.open_tree(name)
-                .map_err(|source| LedgerError::Open { path: path.to_path_buf(), source })
+            db.open_tree(name).map_err(|source| LedgerError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
         };
         Ok(Ledger {
             records: open("records")?,
@@ -195,8 +203,15 @@ impl Ledger {
     /// # Errors
     ///
     /// A failed read or an undecodable record.
-    pub fn find_by_digest(&self, target: &str, sha256: &str) -> Result<Option<Record>, LedgerError> {
-        let Some(id) = self.digests.get(digest_key(target, sha256)).map_err(LedgerError::Read)?
+    pub fn find_by_digest(
+        &self,
+        target: &str,
+        sha256: &str,
+    ) -> Result<Option<Record>, LedgerError> {
+        let Some(id) = self
+            .digests
+            .get(digest_key(target, sha256))
+            .map_err(LedgerError::Read)?
         else {
             return Ok(None);
         };
@@ -221,7 +236,11 @@ impl Ledger {
     ///
     /// A failed read or an undecodable record.
     pub fn get(&self, id: u64) -> Result<Option<Record>, LedgerError> {
-        let Some(bytes) = self.records.get(id.to_be_bytes()).map_err(LedgerError::Read)? else {
+        let Some(bytes) = self
+            .records
+            .get(id.to_be_bytes())
+            .map_err(LedgerError::Read)?
+        else {
             return Ok(None);
         };
         decode(id, &bytes).map(Some)
@@ -234,7 +253,10 @@ impl Ledger {
     /// A failed write of sled's id counter.
     pub fn next_id(&self) -> Result<u64, LedgerError> {
         // sled ids start at 0; keep 0 free so that "no id" never looks like a record.
-        self.db.generate_id().map(|id| id + 1).map_err(LedgerError::Write)
+        self.db
+            .generate_id()
+            .map(|id| id + 1)
+            .map_err(LedgerError::Write)
     }
 
     /// Stores `record` as the owner of its (target, digest), unless another record already is.
@@ -255,7 +277,9 @@ impl Ledger {
                 return Ok(Created::Existing(existing));
             }
             // The index names a record that is gone; take the digest over.
-            self.digests.insert(&key, &record.id.to_be_bytes()).map_err(LedgerError::Write)?;
+            self.digests
+                .insert(&key, &record.id.to_be_bytes())
+                .map_err(LedgerError::Write)?;
         }
         self.put(&record)?;
         Ok(Created::New(record))
@@ -267,16 +291,26 @@ impl Ledger {
     ///
     /// A failed write or flush.
     pub fn put(&self, record: &Record) -> Result<(), LedgerError> {
-        let bytes = serde_json::to_vec(&Stored::V1(record.clone()))
-            .map_err(|source| LedgerError::Decode { id: record.id, source })?;
-        self.records.insert(record.id.to_be_bytes(), bytes).map_err(LedgerError::Write)?;
+        let bytes = serde_json::to_vec(&Stored::V1(record.clone())).map_err(|source| {
+            LedgerError::Decode {
+                id: record.id,
+                source,
+            }
+        })?;
+        self.records
+            .insert(record.id.to_be_bytes(), bytes)
+            .map_err(LedgerError::Write)?;
         self.paths
             .insert(path_key(&record.path), &record.id.to_be_bytes())
             .map_err(LedgerError::Write)?;
         if record.status.is_terminal() {
-            self.open.remove(record.id.to_be_bytes()).map_err(LedgerError::Write)?;
+            self.open
+                .remove(record.id.to_be_bytes())
+                .map_err(LedgerError::Write)?;
         } else {
-            self.open.insert(record.id.to_be_bytes(), &[]).map_err(LedgerError::Write)?;
+            self.open
+                .insert(record.id.to_be_bytes(), &[])
+                .map_err(LedgerError::Write)?;
         }
         self.flush()
     }
@@ -392,7 +426,8 @@ pub(crate) mod rfc3339_opt {
         d: D,
     ) -> Result<Option<SystemTime>, D::Error> {
         let text = Option::<String>::deserialize(d)?;
-        text.map(|t| humantime::parse_rfc3339(&t).map_err(serde::de::Error::custom)).transpose()
+        text.map(|t| humantime::parse_rfc3339(&t).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -429,13 +464,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("l")).unwrap();
         let first = record(&ledger, "aa", "/x/a.csv");
-        assert!(matches!(ledger.create_primary(first.clone()).unwrap(), Created::New(_)));
+        assert!(matches!(
+            ledger.create_primary(first.clone()).unwrap(),
+            Created::New(_)
+        ));
         let second = record(&ledger, "aa", "/x/b.csv");
         match ledger.create_primary(second).unwrap() {
             Created::Existing(existing) => assert_eq!(existing.id, first.id),
             Created::New(_) => panic!("digest taken twice"),
         }
-        assert_eq!(ledger.find_by_digest("db.t", "aa").unwrap().unwrap().path, first.path);
+        assert_eq!(
+            ledger.find_by_digest("db.t", "aa").unwrap().unwrap().path,
+            first.path
+        );
     }
 
     #[test]

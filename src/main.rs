@@ -28,7 +28,9 @@ fn init_tracing(level: &str, format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd the journal adds its own timestamps and has no use for colours.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text if journal => builder.without_time().with_ansi(false).init(),

@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
-const AIRLINES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nycflights13/airlines.csv");
+const AIRLINES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/nycflights13/airlines.csv"
+);
 
 /// sha256sum of the file, then `printf '%s' nyc.airlines | sha256sum | cut -c1-16`.
 const AIRLINES_LABEL: &str =
@@ -20,17 +23,37 @@ fn a_known_file_has_its_known_label() {
 #[test]
 fn the_label_command_prints_the_same_label() {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["label", AIRLINES, "--database", "nyc", "--table", "airlines"])
+        .args([
+            "label",
+            AIRLINES,
+            "--database",
+            "nyc",
+            "--table",
+            "airlines",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), AIRLINES_LABEL);
 }
 
 #[test]
 fn the_label_command_refuses_a_prefix_the_cluster_would_refuse() {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["label", AIRLINES, "--database", "nyc", "--table", "airlines", "--prefix", "a.b"])
+        .args([
+            "label",
+            AIRLINES,
+            "--database",
+            "nyc",
+            "--table",
+            "airlines",
+            "--prefix",
+            "a.b",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

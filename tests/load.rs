@@ -17,7 +17,10 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Runs `service.run` in the background; the returned sender stops it.
 fn spawn_run(
     service: &Arc<Service>,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<sluice::service::Summary>) {
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<sluice::service::Summary>,
+) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let service = Arc::clone(service);
     let handle = tokio::spawn(async move {
@@ -51,7 +54,10 @@ async fn a_folder_of_real_csv_files_loads_with_matching_row_counts() {
     assert_eq!(env.rows("flights"), flights);
     assert_eq!(env.rows("weather"), sample_rows("weather.csv"));
     assert_eq!(files_in(&env.landing("flights")), Vec::<String>::new());
-    assert_eq!(files_in(&env.landing("flights").join("done")), vec!["jan1.csv", "jan2.csv"]);
+    assert_eq!(
+        files_in(&env.landing("flights").join("done")),
+        vec!["jan1.csv", "jan2.csv"]
+    );
 
     let service = env.service();
     let records: Vec<_> = service.ledger().records().map(Result::unwrap).collect();
@@ -66,7 +72,10 @@ async fn a_folder_of_real_csv_files_loads_with_matching_row_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_bytes_under_a_new_name_are_a_duplicate_with_one_commit() {
-    let env = EnvBuilder::new().watch(WatchSpec::new("airlines", 2)).start().await;
+    let env = EnvBuilder::new()
+        .watch(WatchSpec::new("airlines", 2))
+        .start()
+        .await;
     let landing = env.landing("airlines");
     drop_sample("airlines.csv", &landing, "a.csv");
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -81,9 +90,18 @@ async fn the_same_bytes_under_a_new_name_are_a_duplicate_with_one_commit() {
     assert_eq!(env.commits("airlines"), 1);
     assert_eq!(env.rows("airlines"), sample_rows("airlines.csv"));
     let stats = env.emulator.stats();
-    assert_eq!(stats.labels.values().map(|l| l.attempts).sum::<u64>(), 1, "sent only once");
+    assert_eq!(
+        stats.labels.values().map(|l| l.attempts).sum::<u64>(),
+        1,
+        "sent only once"
+    );
     let service = env.service();
-    let dup = service.ledger().records().map(Result::unwrap).last().unwrap();
+    let dup = service
+        .ledger()
+        .records()
+        .map(Result::unwrap)
+        .last()
+        .unwrap();
     assert_eq!(dup.status, Status::Duplicate);
     assert!(dup.duplicate_of.is_some());
     assert_eq!(files_in(&landing.join("done")), vec!["a.csv", "b.csv"]);
@@ -91,7 +109,11 @@ async fn the_same_bytes_under_a_new_name_are_a_duplicate_with_one_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_written_slowly_is_not_loaded_before_its_writer_finishes() {
-    let env = EnvBuilder::new().settle("300ms").watch(WatchSpec::new("flights", 19)).start().await;
+    let env = EnvBuilder::new()
+        .settle("300ms")
+        .watch(WatchSpec::new("flights", 19))
+        .start()
+        .await;
     let service = env.service();
     let (stop, running) = spawn_run(&service);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -104,12 +126,20 @@ async fn a_file_written_slowly_is_not_loaded_before_its_writer_finishes() {
         file.flush().unwrap();
         // Pauses three times longer than the settle period.
         tokio::time::sleep(Duration::from_millis(900)).await;
-        assert_eq!(env.commits("flights"), 0, "loaded while its writer was still writing");
+        assert_eq!(
+            env.commits("flights"),
+            0,
+            "loaded while its writer was still writing"
+        );
         assert!(path.exists(), "claimed while still open for writing");
     }
     drop(file);
 
-    assert!(wait_until(WAIT, || env.rows("flights") == sample_rows("flights_jan1.csv")).await);
+    assert!(
+        wait_until(WAIT, || env.rows("flights")
+            == sample_rows("flights_jan1.csv"))
+        .await
+    );
     stop.send(()).unwrap();
     let summary = running.await.unwrap();
     assert_eq!(summary.loaded, 1, "{summary:?}");
@@ -119,7 +149,11 @@ async fn a_file_written_slowly_is_not_loaded_before_its_writer_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_renamed_into_place_is_loaded_at_once() {
     // A settle period far longer than the test: only the rename can make the file ready.
-    let env = EnvBuilder::new().settle("1h").watch(WatchSpec::new("planes", 9)).start().await;
+    let env = EnvBuilder::new()
+        .settle("1h")
+        .watch(WatchSpec::new("planes", 9))
+        .start()
+        .await;
     let service = env.service();
     let (stop, running) = spawn_run(&service);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -133,9 +167,16 @@ async fn a_file_renamed_into_place_is_loaded_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_with_bad_rows_is_rejected_into_the_failed_folder_with_its_error_rows() {
-    let env = EnvBuilder::new().watch(WatchSpec::new("airlines", 2)).start().await;
+    let env = EnvBuilder::new()
+        .watch(WatchSpec::new("airlines", 2))
+        .start()
+        .await;
     let landing = env.landing("airlines");
-    fs::write(landing.join("bad.csv"), "carrier,name\nAA,American\nBB,Too,Many,Fields\n").unwrap();
+    fs::write(
+        landing.join("bad.csv"),
+        "carrier,name\nAA,American\nBB,Too,Many,Fields\n",
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     let summary = env.once().await;
@@ -143,7 +184,10 @@ async fn a_file_with_bad_rows_is_rejected_into_the_failed_folder_with_its_error_
     assert_eq!(summary.rejected, 1, "{summary:?}");
     assert_eq!(env.rows("airlines"), 0);
     let failed = landing.join("failed");
-    assert_eq!(files_in(&failed), vec!["bad.csv", "bad.csv.errors.txt", "bad.csv.reply.json"]);
+    assert_eq!(
+        files_in(&failed),
+        vec!["bad.csv", "bad.csv.errors.txt", "bad.csv.reply.json"]
+    );
     let errors = fs::read_to_string(failed.join("bad.csv.errors.txt")).unwrap();
     assert!(errors.contains("Too,Many,Fields"), "{errors}");
     let reply = fs::read_to_string(failed.join("bad.csv.reply.json")).unwrap();
@@ -186,9 +230,17 @@ async fn a_plain_http_redirect_is_refused_and_the_file_kept() {
     assert_eq!(summary.retrying, 1, "{summary:?}");
     assert_eq!(env.rows("airlines"), 0);
     let stats = env.emulator.stats();
-    assert_eq!(stats.labels.values().map(|l| l.attempts).sum::<u64>(), 0, "nothing reached a BE");
+    assert_eq!(
+        stats.labels.values().map(|l| l.attempts).sum::<u64>(),
+        0,
+        "nothing reached a BE"
+    );
     let working = files_in(&env.landing("airlines").join(".sluice-work"));
-    assert_eq!(working, vec!["a.csv"], "the file is kept for a later attempt");
+    assert_eq!(
+        working,
+        vec!["a.csv"],
+        "the file is kept for a later attempt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,8 +283,16 @@ async fn loads_survive_a_control_character_and_a_multi_character_separator() {
         .start()
         .await;
     let airlines = fs::read_to_string(format!("{}/airlines.csv", common::DATA)).unwrap();
-    fs::write(env.landing("hex").join("a.csv"), airlines.replace(',', "\x01")).unwrap();
-    fs::write(env.landing("pipes").join("a.csv"), airlines.replace(',', "||")).unwrap();
+    fs::write(
+        env.landing("hex").join("a.csv"),
+        airlines.replace(',', "\x01"),
+    )
+    .unwrap();
+    fs::write(
+        env.landing("pipes").join("a.csv"),
+        airlines.replace(',', "||"),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     let summary = env.once().await;
@@ -242,7 +302,11 @@ async fn loads_survive_a_control_character_and_a_multi_character_separator() {
     for table in ["db.hex", "db.pipes"] {
         let t = &stats.tables[table];
         assert_eq!(t.rows, 16, "{table}");
-        assert_eq!(t.sample[0], vec!["9E".to_owned(), "Endeavor Air Inc.".to_owned()], "{table}");
+        assert_eq!(
+            t.sample[0],
+            vec!["9E".to_owned(), "Endeavor Air Inc.".to_owned()],
+            "{table}"
+        );
     }
 }
 
@@ -259,7 +323,10 @@ async fn kept_files_are_recognised_on_rescan_without_a_new_load() {
     let again = env.once().await;
 
     assert_eq!(again.loaded + again.duplicate, 0, "{again:?}");
-    assert_eq!(again.digested, 0, "an unchanged kept file is not read again");
+    assert_eq!(
+        again.digested, 0,
+        "an unchanged kept file is not read again"
+    );
     assert_eq!(files_in(&env.landing("airlines")), vec!["a.csv"]);
     assert_eq!(env.service().ledger().len(), 1);
 }
@@ -287,5 +354,9 @@ async fn at_most_max_in_flight_loads_run_at_once() {
     assert_eq!(summary.loaded, 12, "{summary:?}");
     let stats = env.emulator.stats();
     assert!(stats.max_concurrent_loads >= 1);
-    assert!(stats.max_concurrent_loads <= 2, "{} loads at once", stats.max_concurrent_loads);
+    assert!(
+        stats.max_concurrent_loads <= 2,
+        "{} loads at once",
+        stats.max_concurrent_loads
+    );
 }

@@ -377,6 +377,17 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// A running load, counted in the concurrency figures while it lives.
+pub(crate) struct LoadGuard<'a> {
+    state: &'a State,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        self.state.lock().loads_now -= 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,16 +450,5 @@ mod tests {
         let label = generate_label();
         assert_eq!(label.len(), 36, "{label}");
         assert_ne!(label, generate_label());
-    }
-}
-
-/// A running load, counted in the concurrency figures while it lives.
-pub(crate) struct LoadGuard<'a> {
-    state: &'a State,
-}
-
-impl Drop for LoadGuard<'_> {
-    fn drop(&mut self) {
-        self.state.lock().loads_now -= 1;
     }
 }

@@ -17,7 +17,9 @@ use crate::config::WatchConfig;
 /// error of creating the working folder or renaming.
 pub(crate) fn claim(watch: &WatchConfig, path: &Path) -> io::Result<PathBuf> {
     fs::create_dir_all(&watch.work_dir)?;
-    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
     let dest = free_name(&watch.work_dir, Path::new(name))?;
     fs::rename(path, &dest)?;
     Ok(dest)
@@ -46,7 +48,11 @@ pub(crate) fn free_name(dir: &Path, name: &Path) -> io::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    Err(io::Error::other(format!("no free name for `{}` in `{}`", name.display(), dir.display())))
+    Err(io::Error::other(format!(
+        "no free name for `{}` in `{}`",
+        name.display(),
+        dir.display()
+    )))
 }
 
 fn exists(path: &Path) -> io::Result<bool> {
@@ -69,7 +75,9 @@ pub(crate) fn move_to(from: &Path, to: &Path) -> io::Result<()> {
 pub(crate) fn write_beside(path: &Path, text: &str) -> io::Result<()> {
     use std::io::Write;
 
-    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent"))?;
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(text.as_bytes())?;
@@ -85,10 +93,16 @@ mod tests {
     #[test]
     fn free_name_skips_taken_names() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(free_name(dir.path(), Path::new("a.csv")).unwrap(), dir.path().join("a.csv"));
+        assert_eq!(
+            free_name(dir.path(), Path::new("a.csv")).unwrap(),
+            dir.path().join("a.csv")
+        );
         fs::write(dir.path().join("a.csv"), "x").unwrap();
         fs::write(dir.path().join("a.csv.1"), "x").unwrap();
-        assert_eq!(free_name(dir.path(), Path::new("a.csv")).unwrap(), dir.path().join("a.csv.2"));
+        assert_eq!(
+            free_name(dir.path(), Path::new("a.csv")).unwrap(),
+            dir.path().join("a.csv.2")
+        );
     }
 
     #[test]

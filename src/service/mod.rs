@@ -42,7 +42,10 @@ pub enum ServiceError {
 /// How one file ended in this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileOutcome {
-    Loaded { rows: u64, bytes: u64 },
+    Loaded {
+        rows: u64,
+        bytes: u64,
+    },
     Duplicate,
     Rejected,
     /// Not finished: will be tried again (by a later run, or after a pause).
@@ -89,7 +92,10 @@ impl Summary {
 
     /// Whether every file reached loaded or duplicate (or was not ours to take).
     pub fn is_clean(&self) -> bool {
-        self.rejected == 0 && self.retrying == 0 && self.indeterminate == 0 && self.local_errors == 0
+        self.rejected == 0
+            && self.retrying == 0
+            && self.indeterminate == 0
+            && self.local_errors == 0
     }
 }
 
@@ -150,7 +156,9 @@ impl Service {
     /// A watch folder cannot be scanned.
     pub async fn once(self: &Arc<Self>) -> Result<Summary, ServiceError> {
         let mut tasks = JoinSet::new();
-        let limit = Arc::new(Semaphore::new(self.config.load.max_in_flight + EXTRA_HANDLERS));
+        let limit = Arc::new(Semaphore::new(
+            self.config.load.max_in_flight + EXTRA_HANDLERS,
+        ));
         for taken in self.recover_working_files() {
             self.spawn(&mut tasks, &limit, taken).await;
         }
@@ -177,11 +185,14 @@ impl Service {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<Summary, ServiceError> {
         let mut tasks = JoinSet::new();
-        let limit = Arc::new(Semaphore::new(self.config.load.max_in_flight + EXTRA_HANDLERS));
+        let limit = Arc::new(Semaphore::new(
+            self.config.load.max_in_flight + EXTRA_HANDLERS,
+        ));
         for taken in self.recover_working_files() {
             self.spawn(&mut tasks, &limit, taken).await;
         }
-        let (discovery, mut candidates) = Discovery::start(&self.config.watches, &self.config.load)?;
+        let (discovery, mut candidates) =
+            Discovery::start(&self.config.watches, &self.config.load)?;
         info!(watches = self.config.watches.len(), "sluice is running");
         tokio::pin!(shutdown);
         loop {
@@ -200,12 +211,13 @@ impl Service {
         self.begin_stop();
         info!(running = tasks.len(), "stopping: no new files taken");
         let grace = self.config.load.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            warn!(cut_short = tasks.len(), "shutdown grace ran out; cut attempts are resolved at next start");
+            warn!(
+                cut_short = tasks.len(),
+                "shutdown grace ran out; cut attempts are resolved at next start"
+            );
             tasks.abort_all();
         }
         self.ledger.flush()?;
@@ -214,7 +226,11 @@ impl Service {
 
     /// What this service did so far.
     pub fn summary(&self) -> Summary {
-        let mut summary = self.summary.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut summary = self
+            .summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         summary.digested = self.digested.load(Ordering::Relaxed);
         summary
     }
@@ -232,13 +248,19 @@ impl Service {
         taken: Taken,
     ) {
         // Back-pressure: wait for a handler slot before taking more from discovery.
-        let Ok(permit) = Arc::clone(limit).acquire_owned().await else { return };
+        let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
+            return;
+        };
         let service = Arc::clone(self);
         tasks.spawn(async move {
             let active_key = taken.working.clone();
             let outcome = service.process(taken).await;
             service.lock_active().remove(&active_key);
-            service.summary.lock().unwrap_or_else(PoisonError::into_inner).add(outcome);
+            service
+                .summary
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(outcome);
             drop(permit);
         });
     }
@@ -264,7 +286,11 @@ impl Service {
             Ok(working) => {
                 self.lock_active().insert(working.clone());
                 debug!(path = %candidate.path.display(), working = %working.display(), "claimed");
-                Some(Taken { watch: candidate.watch, original: candidate.path.clone(), working })
+                Some(Taken {
+                    watch: candidate.watch,
+                    original: candidate.path.clone(),
+                    working,
+                })
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 debug!(path = %candidate.path.display(), "gone before it was claimed");
@@ -281,11 +307,16 @@ impl Service {
     /// Whether a kept file is the very file a finished record describes (same inode, size and
     /// mtime): then it is not read again.
     fn is_handled_keep(&self, candidate: &Candidate) -> bool {
-        let Ok(Some(record)) = self.ledger.find_by_path(&candidate.path) else { return false };
-        let Some(identity) = record.identity else { return false };
-        let mtime_ns = candidate.mtime.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
-            i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
-        });
+        let Ok(Some(record)) = self.ledger.find_by_path(&candidate.path) else {
+            return false;
+        };
+        let Some(identity) = record.identity else {
+            return false;
+        };
+        let mtime_ns = candidate
+            .mtime
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         record.status.is_terminal()
             && identity.ino == candidate.ino
             && identity.dev == candidate.dev
@@ -300,7 +331,9 @@ impl Service {
             if watch.after_load == AfterLoad::Keep {
                 continue;
             }
-            let Ok(entries) = fs::read_dir(&watch.work_dir) else { continue };
+            let Ok(entries) = fs::read_dir(&watch.work_dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let working = entry.path();
                 if !entry.file_type().is_ok_and(|t| t.is_file()) {
@@ -309,14 +342,21 @@ impl Service {
                 let original = watch.dir.join(entry.file_name());
                 info!(path = %working.display(), "resuming a file left in the working folder");
                 self.lock_active().insert(working.clone());
-                found.push(Taken { watch: index, original, working });
+                found.push(Taken {
+                    watch: index,
+                    original,
+                    working,
+                });
             }
         }
         found
     }
 
     fn digest_lock(&self, target: &str, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.digest_locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut locks = self
+            .digest_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // Drop locks nobody holds, so the map stays as small as the work in flight.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         Arc::clone(locks.entry(format!("{target}\0{sha256}")).or_default())
@@ -342,18 +382,23 @@ impl Service {
     /// jitter in [50%, 100%] so that a fleet does not retry in step.
     fn backoff(&self, attempt: u32) -> Duration {
         let load = &self.config.load;
-        let exp = load.retry_initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exp = load
+            .retry_initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let capped = exp.min(load.retry_max);
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
-            d.subsec_nanos()
-        });
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
         capped.mul_f64(jitter)
     }
 
     fn refuse_credentials(&self, message: &str) {
         if !self.auth_refused.swap(true, Ordering::SeqCst) {
-            error!(message, "the cluster refused our credentials; no file is marked rejected");
+            error!(
+                message,
+                "the cluster refused our credentials; no file is marked rejected"
+            );
         }
     }
 }

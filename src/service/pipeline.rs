@@ -36,7 +36,10 @@ pub(crate) struct Taken {
 /// What one attempt taught us.
 enum Step {
     Done(Record),
-    Retry { outcome: &'static str, reason: String },
+    Retry {
+        outcome: &'static str,
+        reason: String,
+    },
     /// Stop attempting for now without a terminal state (credentials refused, bad redirect).
     Pause(Record),
 }
@@ -71,7 +74,8 @@ impl Service {
         })
         .await?
         .with_context(|| format!("failed to read `{}`", taken.working.display()))?;
-        self.digested.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.digested
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let after = identity(&file)?;
         if before != after || len != after.size {
             warn!(path = %taken.original.display(), "file changed while being digested, left for later");
@@ -232,7 +236,10 @@ impl Service {
                 self.keep_error_rows(watch, record, &reply).await;
                 Step::Done(record.clone())
             }
-            Verdict::Transient { reason } => Step::Retry { outcome: "transient", reason },
+            Verdict::Transient { reason } => Step::Retry {
+                outcome: "transient",
+                reason,
+            },
             Verdict::Unknown { reason } => self.resolve_unknown(watch, record, reason).await,
             Verdict::AuthRefused { message } => {
                 self.refuse_credentials(&message);
@@ -243,7 +250,12 @@ impl Service {
         })
     }
 
-    async fn judge_error(&self, watch: &WatchConfig, record: &mut Record, err: UploadError) -> Step {
+    async fn judge_error(
+        &self,
+        watch: &WatchConfig,
+        record: &mut Record,
+        err: UploadError,
+    ) -> Step {
         let reason = format!("{err:#}");
         if let Some(last) = record.attempts.last_mut() {
             last.outcome = Some("error".into());
@@ -259,12 +271,24 @@ impl Service {
         if err.body_may_have_been_sent() {
             return self.resolve_unknown(watch, record, reason).await;
         }
-        Step::Retry { outcome: "not sent", reason }
+        Step::Retry {
+            outcome: "not sent",
+            reason,
+        }
     }
 
     /// The answer was lost or unclear: ask the cluster what became of the label.
-    async fn resolve_unknown(&self, watch: &WatchConfig, record: &mut Record, reason: String) -> Step {
-        match self.uploader.label_state(&watch.database, &record.label).await {
+    async fn resolve_unknown(
+        &self,
+        watch: &WatchConfig,
+        record: &mut Record,
+        reason: String,
+    ) -> Step {
+        match self
+            .uploader
+            .label_state(&watch.database, &record.label)
+            .await
+        {
             Ok(LabelState::Visible | LabelState::Committed | LabelState::Prepared) => {
                 self.label_was_loaded(record)
             }
@@ -286,7 +310,11 @@ impl Service {
         let deadline = Instant::now() + self.config.cluster.timeout;
         while Instant::now() < deadline && !self.is_stopping() {
             tokio::time::sleep(LABEL_POLL).await;
-            match self.uploader.label_state(&watch.database, &record.label).await {
+            match self
+                .uploader
+                .label_state(&watch.database, &record.label)
+                .await
+            {
                 Ok(LabelState::Visible | LabelState::Committed | LabelState::Prepared) => {
                     return self.label_was_loaded(record);
                 }
@@ -305,14 +333,21 @@ impl Service {
                 }
             }
         }
-        Step::Retry { outcome: "unknown", reason: "label still running".into() }
+        Step::Retry {
+            outcome: "unknown",
+            reason: "label still running".into(),
+        }
     }
 
     /// The cluster holds a finished load under our label. If we attempted before, it was ours
     /// (an answer lost); if not, another host or run loaded these bytes.
     fn label_was_loaded(&self, record: &mut Record) -> Step {
         let ours = record.attempts.len() > 1;
-        record.status = if ours { Status::Loaded } else { Status::Duplicate };
+        record.status = if ours {
+            Status::Loaded
+        } else {
+            Status::Duplicate
+        };
         if ours {
             record.message = Some("committed by an earlier attempt whose answer was lost".into());
         } else {
@@ -330,7 +365,11 @@ impl Service {
             warn!(path = %record.path.display(), error = %err, "could not keep the cluster's answer");
         }
         let Some(url) = &reply.error_url else { return };
-        let rows = match self.uploader.fetch_error_rows(url, MAX_ERROR_ROWS_BYTES).await {
+        let rows = match self
+            .uploader
+            .fetch_error_rows(url, MAX_ERROR_ROWS_BYTES)
+            .await
+        {
             Ok(rows) => rows,
             Err(err) => format!("error rows could not be fetched from {url}: {err:#}\n"),
         };
@@ -362,7 +401,10 @@ impl Service {
             Status::Loaded => {
                 info!(label = %record.label, path = %record.path.display(), rows,
                     bytes = record.bytes, elapsed_ms, "loaded");
-                FileOutcome::Loaded { rows, bytes: record.bytes }
+                FileOutcome::Loaded {
+                    rows,
+                    bytes: record.bytes,
+                }
             }
             Status::Duplicate => {
                 info!(label = %record.label, path = %record.path.display(), rows = 0,
@@ -391,7 +433,10 @@ impl Service {
         let mut record = self.new_record(watch, taken, label, sha256, identity)?;
         record.status = Status::Duplicate;
         record.duplicate_of = Some(primary.label.clone());
-        record.message = Some(format!("same bytes as `{}`, loaded before", primary.path.display()));
+        record.message = Some(format!(
+            "same bytes as `{}`, loaded before",
+            primary.path.display()
+        ));
         record.finished_at = Some(SystemTime::now());
         let destination = self.destination(watch, taken, Status::Duplicate)?;
         record.disposed_to.clone_from(&destination);
@@ -461,7 +506,11 @@ impl Service {
 
         match (destination, watch.after_load) {
             (Some(to), _) => dispose::move_to(&taken.working, to).with_context(|| {
-                format!("failed to move `{}` to `{}`", taken.working.display(), to.display())
+                format!(
+                    "failed to move `{}` to `{}`",
+                    taken.working.display(),
+                    to.display()
+                )
             }),
             (None, AfterLoad::Delete) => std::fs::remove_file(&taken.working)
                 .with_context(|| format!("failed to delete `{}`", taken.working.display())),
@@ -472,7 +521,10 @@ impl Service {
 
 /// `column_separator` first, then `[watch.headers]` in key order.
 fn request_headers(watch: &WatchConfig) -> Vec<(String, String)> {
-    let mut headers = vec![("column_separator".to_owned(), watch.column_separator.clone())];
+    let mut headers = vec![(
+        "column_separator".to_owned(),
+        watch.column_separator.clone(),
+    )];
     headers.extend(watch.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     headers
 }
@@ -521,6 +573,6 @@ pub(crate) fn identity_of(meta: &std::fs::Metadata) -> FileIdentity {
         dev: meta.dev(),
         ino: meta.ino(),
         size: meta.size(),
-        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
     }
 }

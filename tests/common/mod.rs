@@ -1,5 +1,9 @@
 //! Test environment: an emulator on loopback, landing folders in a temp dir, a real config file.
-#![allow(dead_code, unreachable_pub, reason = "each test binary uses a different part")]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different part"
+)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -47,7 +51,10 @@ impl WatchSpec {
     }
 
     pub fn headers(mut self, headers: &[(&str, &str)]) -> WatchSpec {
-        self.headers = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         self
     }
 }
@@ -131,8 +138,11 @@ impl EnvBuilder {
 
         fs::write(dir.path().join("ca.pem"), emulator.ca_pem()).unwrap();
         fs::write(dir.path().join("password"), &password).unwrap();
-        fs::set_permissions(dir.path().join("password"), fs::Permissions::from_mode(0o600))
-            .unwrap();
+        fs::set_permissions(
+            dir.path().join("password"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         let mut text = format!(
             "[cluster]\nendpoint = \"{}\"\nuser = \"{user}\"\npassword_file = \"password\"\n\
              ca_file = \"ca.pem\"\ntimeout = \"20s\"\n{}\n[ledger]\npath = \"ledger\"\n\n\
@@ -160,7 +170,11 @@ impl EnvBuilder {
         }
         let config_path = dir.path().join("sluice.toml");
         fs::write(&config_path, &text).unwrap();
-        Env { dir, emulator, config_path }
+        Env {
+            dir,
+            emulator,
+            config_path,
+        }
     }
 }
 
@@ -204,17 +218,29 @@ impl Env {
 
     /// Table rows the emulator holds.
     pub fn rows(&self, table: &str) -> u64 {
-        self.emulator.stats().tables.get(&format!("db.{table}")).map_or(0, |t| t.rows)
+        self.emulator
+            .stats()
+            .tables
+            .get(&format!("db.{table}"))
+            .map_or(0, |t| t.rows)
     }
 
     pub fn commits(&self, table: &str) -> u64 {
-        self.emulator.stats().tables.get(&format!("db.{table}")).map_or(0, |t| t.commits)
+        self.emulator
+            .stats()
+            .tables
+            .get(&format!("db.{table}"))
+            .map_or(0, |t| t.commits)
     }
 }
 
 /// Rows of a sample file, without its header.
 pub fn sample_rows(name: &str) -> u64 {
-    fs::read_to_string(Path::new(DATA).join(name)).unwrap().lines().count() as u64 - 1
+    fs::read_to_string(Path::new(DATA).join(name))
+        .unwrap()
+        .lines()
+        .count() as u64
+        - 1
 }
 
 pub fn copy_sample(name: &str, to: &Path) {
