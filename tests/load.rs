@@ -335,6 +335,7 @@ async fn kept_files_are_recognised_on_rescan_without_a_new_load() {
 async fn at_most_max_in_flight_loads_run_at_once() {
     let env = EnvBuilder::new()
         .load("max_in_flight = 2")
+        .load_delay(Duration::from_millis(150))
         .watch(WatchSpec::new("flights", 19))
         .start()
         .await;

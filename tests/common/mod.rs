@@ -66,6 +66,7 @@ pub struct EnvBuilder {
     extra_cluster: String,
     extra_load: String,
     empty_load_as_error: bool,
+    load_delay: Duration,
 }
 
 impl EnvBuilder {
@@ -77,7 +78,14 @@ impl EnvBuilder {
             extra_cluster: String::new(),
             extra_load: String::new(),
             empty_load_as_error: true,
+            load_delay: Duration::ZERO,
         }
+    }
+
+    /// Makes every load take at least this long on the emulator, so that loads overlap.
+    pub fn load_delay(mut self, delay: Duration) -> EnvBuilder {
+        self.load_delay = delay;
+        self
     }
 
     pub fn mode(mut self, mode: Mode) -> EnvBuilder {
@@ -130,6 +138,7 @@ impl EnvBuilder {
             tables,
             mode: self.mode,
             empty_load_as_error: self.empty_load_as_error,
+            load_delay: self.load_delay,
             ..EmulatorOptions::default()
         };
         let password = options.password.clone();
