@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,9 +23,11 @@ use tokio::time::Sleep;
 /// How long the body waits for `100 Continue` before it is sent anyway (curl waits 1 s).
 pub(crate) const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
-/// Bytes per read and per frame. 1 MiB keeps syscalls and frames few; with `CHANNEL_CHUNKS`
-/// in flight the body holds at most a few MiB whatever the file size.
-const CHUNK_BYTES: usize = 1 << 20;
+/// Bytes per read and per frame. Large enough to keep syscalls and frames few, small enough
+/// that a chunk is still in the CPU cache when rustls encrypts it: on loopback TLS 256 KiB
+/// loaded a 2 GiB file about a third faster than 1 MiB. With `CHANNEL_CHUNKS` read ahead and
+/// hyper's own queue the body holds a few MiB at most, whatever the file size.
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// Chunks read ahead of the connection.
 const CHANNEL_CHUNKS: usize = 4;
@@ -176,20 +178,17 @@ impl FileBody {
         let Phase::Held { continued, timer } = &mut self.phase else {
             return Poll::Ready(true);
         };
+        // The receiver only registers the waker: `on_continue` moves the gate before it
+        // sends, so the state below already tells what happened.
+        if let Some(rx) = continued
+            && Pin::new(rx).poll(cx).is_ready()
+        {
+            *continued = None;
+        }
         match self.gate.state() {
             OPEN => return Poll::Ready(true),
             CLOSED => return Poll::Ready(false),
             _ => {}
-        }
-        if let Some(rx) = continued {
-            // An error means the callback was dropped with the request head; only the timer
-            // can open the gate then.
-            if Pin::new(rx).poll(cx).is_ready() {
-                *continued = None;
-                if self.gate.state() == OPEN {
-                    return Poll::Ready(true);
-                }
-            }
         }
         let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(CONTINUE_WAIT)));
         if timer.as_mut().poll(cx).is_ready() {
@@ -277,15 +276,19 @@ impl Body for FileBody {
 
 /// Read `len` bytes of `file` from offset 0 into `tx`, chunk by chunk; runs on a blocking
 /// thread and stops early when the body is dropped (the channel closes).
+///
+/// Chunk buffers come back to a pool when hyper drops them, so each is allocated and zeroed
+/// once per body instead of once per chunk (zeroing cost about half as much as the read).
 fn read_chunks(file: &File, len: u64, tx: &mpsc::Sender<Result<Bytes, BodyFailure>>) {
+    let (home, pool) = std_mpsc::channel::<Vec<u8>>();
     let mut offset = 0u64;
     while offset < len {
         // Bounded by CHUNK_BYTES, so the cast to usize cannot truncate.
         let want = (len - offset).min(CHUNK_BYTES as u64) as usize;
-        let mut buf = vec![0u8; want];
+        let mut buf = pool.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK_BYTES]);
         let mut filled = 0;
         while filled < want {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            match file.read_at(&mut buf[filled..want], offset + filled as u64) {
                 Ok(0) => {
                     let read = offset + filled as u64;
                     let _ = tx.blocking_send(Err(BodyFailure::FileChanged {
@@ -303,8 +306,33 @@ fn read_chunks(file: &File, len: u64, tx: &mpsc::Sender<Result<Bytes, BodyFailur
             }
         }
         offset += want as u64;
-        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+        let chunk = Bytes::from_owner(PooledChunk {
+            buf,
+            len: want,
+            home: home.clone(),
+        });
+        if tx.blocking_send(Ok(chunk)).is_err() {
             return;
         }
+    }
+}
+
+/// A chunk buffer that returns to its reader's pool when the last `Bytes` of it is dropped.
+struct PooledChunk {
+    buf: Vec<u8>,
+    len: usize,
+    home: std_mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        // The reader may be gone (body finished or dropped); the buffer is then just freed.
+        let _ = self.home.send(std::mem::take(&mut self.buf));
     }
 }

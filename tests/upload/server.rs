@@ -74,6 +74,9 @@ pub(crate) enum Behaviour {
         /// Keep the body in `Seen::body`; otherwise only count it (for large bodies).
         keep_body: bool,
     },
+    /// Sends `100 Continue`, reads `after` body bytes, answers a `Fail` and stops reading,
+    /// as a BE that gives up in the middle of a body.
+    AnswerMidBody { after: usize },
     /// 401 with the FE's RestBaseResult at once; the connection stays open.
     Unauthorized,
     /// `get_load_state`: checks `auth`, answers the state.
@@ -262,6 +265,15 @@ async fn serve(mut stream: Box<dyn Io>, behaviour: &Behaviour) -> Option<Seen> {
                 AfterBody::Cut => {}
                 AfterBody::Silent => tokio::time::sleep(SERVER_LIFETIME).await,
             }
+        }
+        Behaviour::AnswerMidBody { after } => {
+            write(&mut stream, "HTTP/1.1 100 Continue\r\n\r\n").await;
+            read_body(&mut stream, &mut seen, *after, head_done, false).await;
+            let body = r#"{"TxnId":-1,"Status":"Fail","Message":"too many filtered rows"}"#;
+            write(&mut stream, &json_answer(body)).await;
+            // Neither read nor close: a close with unread bytes would reset the connection
+            // and could destroy the answer before the client reads it.
+            tokio::time::sleep(LINGER).await;
         }
         Behaviour::LabelState { auth, state } => {
             let body = if seen.header("authorization") == Some(auth.as_str()) {
