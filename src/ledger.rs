@@ -125,6 +125,23 @@ pub struct Record {
     pub identity: Option<FileIdentity>,
     #[serde(with = "rfc3339_opt")]
     pub next_attempt_at: Option<SystemTime>,
+    /// Decisions operators recorded on this record (`sluice ledger resolve`), oldest first.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+}
+
+/// An operator's decision about a record, kept with who, when and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    /// The operator: the user that ran the command (`$SUDO_USER`, else `$USER`, else the uid).
+    pub by: String,
+    /// `loaded` (the rows are known to be in) or `reload` (send the file again).
+    pub decision: String,
+    pub reason: String,
+    /// The status the record had before the decision.
+    pub from_status: Status,
 }
 
 impl Record {
@@ -456,6 +473,7 @@ mod tests {
             disposed_to: None,
             identity: None,
             next_attempt_at: None,
+            actions: Vec::new(),
         }
     }
 

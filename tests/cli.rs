@@ -28,7 +28,14 @@ fn emulate(dir: &Path) -> Emulate {
     fs::set_permissions(dir.join("password"), fs::Permissions::from_mode(0o600)).unwrap();
     let mut child = Command::new(BIN)
         .args(["emulate", "--mode", "redirect-tls-be", "--for", "60s"])
-        .args(["--table", "nyc.airlines:2", "--table", "nyc.planes:9", "--table", "nyc.weather:15"])
+        .args([
+            "--table",
+            "nyc.airlines:2",
+            "--table",
+            "nyc.planes:9",
+            "--table",
+            "nyc.weather:15",
+        ])
         .arg("--password-file")
         .arg(dir.join("password"))
         .arg("--ca-out")
@@ -48,7 +55,10 @@ fn emulate(dir: &Path) -> Emulate {
             break;
         }
     }
-    Emulate { child, endpoint: endpoint.expect("emulate printed no endpoint") }
+    Emulate {
+        child,
+        endpoint: endpoint.expect("emulate printed no endpoint"),
+    }
 }
 
 fn write_config(dir: &Path, endpoint: &str) -> std::path::PathBuf {
@@ -70,20 +80,31 @@ fn write_config(dir: &Path, endpoint: &str) -> std::path::PathBuf {
 
 fn copy_in(dir: &Path, suffix: &str) {
     for table in ["airlines", "planes", "weather"] {
-        let to = dir.join("landing").join(table).join(format!("{table}{suffix}.csv"));
+        let to = dir
+            .join("landing")
+            .join(table)
+            .join(format!("{table}{suffix}.csv"));
         fs::copy(Path::new(DATA).join(format!("{table}.csv")), to).unwrap();
     }
 }
 
 fn sluice(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
 }
 
 /// The emulator's own counts, from its test-only endpoint over HTTPS.
 fn stats(emulate: &Emulate, dir: &Path) -> serde_json::Value {
     let url = format!("{}/_emulator/stats", emulate.endpoint);
     let ca = fs::read(dir.join("ca.pem")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let cert = reqwest::Certificate::from_pem(&ca).unwrap();
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -107,14 +128,24 @@ fn stats(emulate: &Emulate, dir: &Path) -> serde_json::Value {
 fn check_accepts_a_good_config_and_names_the_line_of_a_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("password"), "pw").unwrap();
-    fs::set_permissions(dir.path().join("password"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        dir.path().join("password"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
     let config = write_config(dir.path(), "https://localhost:9");
     let out = sluice(&["check"], &config);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let text = fs::read_to_string(&config).unwrap().replace("[load]\n", "[load]\nsettel = \"1s\"\n");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("[load]\n", "[load]\nsettel = \"1s\"\n");
     fs::write(&config, text).unwrap();
     let out = sluice(&["check"], &config);
     assert_eq!(out.status.code(), Some(1));
@@ -132,23 +163,40 @@ fn once_loads_a_folder_and_a_second_once_over_the_same_files_loads_nothing_new()
     std::thread::sleep(std::time::Duration::from_millis(200));
 
     let first = sluice(&["once"], &config);
-    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(stdout.contains("loaded 3 (1516 rows"), "{stdout}");
 
     copy_in(dir.path(), "-again");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let second = sluice(&["once"], &config);
-    assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let stdout = String::from_utf8_lossy(&second.stdout);
-    assert!(stdout.contains("loaded 0") && stdout.contains("duplicate 3"), "{stdout}");
+    assert!(
+        stdout.contains("loaded 0") && stdout.contains("duplicate 3"),
+        "{stdout}"
+    );
 
     let stats = stats(&emulate, dir.path());
     assert_eq!(stats["tables"]["nyc.airlines"]["rows"], 16);
     assert_eq!(stats["tables"]["nyc.planes"]["rows"], 500);
     assert_eq!(stats["tables"]["nyc.weather"]["rows"], 1000);
     for table in ["airlines", "planes", "weather"] {
-        assert_eq!(stats["tables"][format!("nyc.{table}")]["commits"], 1, "{table}");
+        assert_eq!(
+            stats["tables"][format!("nyc.{table}")]["commits"],
+            1,
+            "{table}"
+        );
     }
 
     let export = sluice(&["ledger", "export"], &config);
@@ -159,7 +207,10 @@ fn once_loads_a_folder_and_a_second_once_over_the_same_files_loads_nothing_new()
         .collect();
     assert_eq!(lines.len(), 6);
     assert_eq!(lines.iter().filter(|l| l["status"] == "loaded").count(), 3);
-    assert_eq!(lines.iter().filter(|l| l["status"] == "duplicate").count(), 3);
+    assert_eq!(
+        lines.iter().filter(|l| l["status"] == "duplicate").count(),
+        3
+    );
 }
 
 #[test]
@@ -167,9 +218,18 @@ fn once_exits_3_when_a_file_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let emulate = emulate(dir.path());
     let config = write_config(dir.path(), &emulate.endpoint);
-    fs::write(dir.path().join("landing/airlines/bad.csv"), "carrier,name\nAA,x,y\n").unwrap();
+    fs::write(
+        dir.path().join("landing/airlines/bad.csv"),
+        "carrier,name\nAA,x,y\n",
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let out = sluice(&["once"], &config);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("landing/airlines/failed/bad.csv").exists());
 }

@@ -7,7 +7,7 @@
 mod dispose;
 mod pipeline;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,6 +99,24 @@ impl Summary {
     }
 }
 
+/// Live figures of a service at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Files by outcome so far in this process.
+    pub summary: Summary,
+    pub loads_in_flight: u64,
+    /// Files taken and not yet at an outcome (digesting, waiting for a slot, retrying).
+    pub files_waiting: u64,
+    /// When the oldest of those was taken.
+    pub oldest_waiting_since: Option<SystemTime>,
+    /// Attempts by how they ended.
+    pub attempts: BTreeMap<String, u64>,
+    /// When a file was last loaded by this process.
+    pub last_success: Option<SystemTime>,
+    /// Records in the ledger (all time).
+    pub ledger_records: u64,
+}
+
 /// The loading service. Shared in an `Arc` by every file task.
 pub struct Service {
     config: Arc<Config>,
@@ -109,8 +127,14 @@ pub struct Service {
     /// Serialises work on one (target, digest) so that two copies of the same bytes never load
     /// at once: the second waits and then finds the first's outcome in the ledger.
     digest_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Paths being worked on, so a rescan does not take a kept file twice.
-    active: Mutex<HashSet<PathBuf>>,
+    /// Paths being worked on, with when each was taken: a rescan does not take a kept file
+    /// twice, and metrics report the oldest waiting file.
+    active: Mutex<HashMap<PathBuf, SystemTime>>,
+    /// Uploads running now.
+    loads_now: AtomicU64,
+    /// Attempts by how they ended (`loaded`, `rejected`, `transient`, `unknown`, ...).
+    attempts: Mutex<BTreeMap<String, u64>>,
+    last_success: Mutex<Option<SystemTime>>,
     stopping: AtomicBool,
     stop: Notify,
     /// Set once the cluster refused our credentials, so that it is said loudly only once.
@@ -135,7 +159,10 @@ impl Service {
             ledger,
             uploader,
             digest_locks: Mutex::new(HashMap::new()),
-            active: Mutex::new(HashSet::new()),
+            active: Mutex::new(HashMap::new()),
+            loads_now: AtomicU64::new(0),
+            attempts: Mutex::new(BTreeMap::new()),
+            last_success: Mutex::new(None),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             auth_refused: AtomicBool::new(false),
@@ -235,6 +262,42 @@ impl Service {
         summary
     }
 
+    /// A consistent view of the live figures, for metrics and progress displays.
+    pub fn snapshot(&self) -> Snapshot {
+        let (files_waiting, oldest) = {
+            let active = self.lock_active();
+            (active.len() as u64, active.values().min().copied())
+        };
+        Snapshot {
+            summary: self.summary(),
+            loads_in_flight: self.loads_now.load(Ordering::Relaxed),
+            files_waiting,
+            oldest_waiting_since: oldest,
+            attempts: self
+                .attempts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            last_success: *self
+                .last_success
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            ledger_records: self.ledger.len() as u64,
+        }
+    }
+
+    fn count_attempt(&self, outcome: &str) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        *attempts.entry(outcome.to_owned()).or_default() += 1;
+    }
+
+    fn note_success(&self) {
+        *self
+            .last_success
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
+    }
+
     /// Asks running work to stop at its next safe point.
     pub fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -273,7 +336,11 @@ impl Service {
                 debug!(path = %candidate.path.display(), "kept file already handled");
                 return None;
             }
-            if !self.lock_active().insert(candidate.path.clone()) {
+            if self
+                .lock_active()
+                .insert(candidate.path.clone(), SystemTime::now())
+                .is_some()
+            {
                 return None;
             }
             return Some(Taken {
@@ -284,7 +351,8 @@ impl Service {
         }
         match dispose::claim(watch, &candidate.path) {
             Ok(working) => {
-                self.lock_active().insert(working.clone());
+                self.lock_active()
+                    .insert(working.clone(), SystemTime::now());
                 debug!(path = %candidate.path.display(), working = %working.display(), "claimed");
                 Some(Taken {
                     watch: candidate.watch,
@@ -341,7 +409,8 @@ impl Service {
                 }
                 let original = watch.dir.join(entry.file_name());
                 info!(path = %working.display(), "resuming a file left in the working folder");
-                self.lock_active().insert(working.clone());
+                self.lock_active()
+                    .insert(working.clone(), SystemTime::now());
                 found.push(Taken {
                     watch: index,
                     original,
@@ -362,7 +431,7 @@ impl Service {
         Arc::clone(locks.entry(format!("{target}\0{sha256}")).or_default())
     }
 
-    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, SystemTime>> {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

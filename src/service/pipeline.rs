@@ -190,17 +190,25 @@ impl Service {
         let sent_at = Instant::now();
         let result = {
             let _permit = self.in_flight.acquire().await?;
-            self.uploader.load(&request).await
+            self.loads_now
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let result = self.uploader.load(&request).await;
+            self.loads_now
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            result
         };
         let elapsed_ms = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Some(last) = record.attempts.last_mut() {
             last.duration_ms = Some(elapsed_ms);
         }
 
-        match result {
-            Ok(reply) => self.judge(watch, record, reply).await,
-            Err(err) => Ok(self.judge_error(watch, record, err).await),
-        }
+        let step = match result {
+            Ok(reply) => self.judge(watch, record, reply).await?,
+            Err(err) => self.judge_error(watch, record, err).await,
+        };
+        let outcome = record.attempts.last().and_then(|a| a.outcome.as_deref());
+        self.count_attempt(outcome.unwrap_or("unknown"));
+        Ok(step)
     }
 
     async fn judge(
@@ -399,6 +407,7 @@ impl Service {
         let rows = record.rows_loaded.unwrap_or(0);
         let outcome = match record.status {
             Status::Loaded => {
+                self.note_success();
                 info!(label = %record.label, path = %record.path.display(), rows,
                     bytes = record.bytes, elapsed_ms, "loaded");
                 FileOutcome::Loaded {
@@ -476,6 +485,7 @@ impl Service {
             disposed_to: None,
             identity: Some(identity),
             next_attempt_at: None,
+            actions: Vec::new(),
         })
     }
 
@@ -573,6 +583,9 @@ pub(crate) fn identity_of(meta: &std::fs::Metadata) -> FileIdentity {
         dev: meta.dev(),
         ino: meta.ino(),
         size: meta.size(),
-        mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
     }
 }
