@@ -5,6 +5,7 @@
 //! waiting for a load slot are bounded too, so a backlog of 100,000 files costs little memory.
 
 mod dispose;
+mod outcome;
 mod pipeline;
 
 use std::collections::{BTreeMap, HashMap};
@@ -137,8 +138,11 @@ pub struct Service {
     last_success: Mutex<Option<SystemTime>>,
     stopping: AtomicBool,
     stop: Notify,
-    /// Set once the cluster refused our credentials, so that it is said loudly only once.
-    auth_refused: AtomicBool,
+    /// False while the cluster refuses our credentials: no attempt starts until a slow re-check
+    /// sees them accepted again (in `run`; `once` ends the affected files as unfinished).
+    credentials_ok: tokio::sync::watch::Sender<bool>,
+    /// Whether waiting for credentials is worth it: true in `run`, false in `once`.
+    waits_for_credentials: AtomicBool,
     summary: Mutex<Summary>,
     digested: AtomicU64,
 }
@@ -165,7 +169,8 @@ impl Service {
             last_success: Mutex::new(None),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
-            auth_refused: AtomicBool::new(false),
+            credentials_ok: tokio::sync::watch::Sender::new(true),
+            waits_for_credentials: AtomicBool::new(false),
             summary: Mutex::new(Summary::default()),
             digested: AtomicU64::new(0),
         }))
@@ -218,6 +223,8 @@ impl Service {
         for taken in self.recover_working_files() {
             self.spawn(&mut tasks, &limit, taken).await;
         }
+        self.waits_for_credentials.store(true, Ordering::SeqCst);
+        let recheck = tokio::spawn(Arc::clone(self).recheck_credentials());
         let (discovery, mut candidates) =
             Discovery::start(&self.config.watches, &self.config.load)?;
         info!(watches = self.config.watches.len(), "sluice is running");
@@ -246,7 +253,10 @@ impl Service {
                 "shutdown grace ran out; cut attempts are resolved at next start"
             );
             tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            self.record_cut_short()?;
         }
+        recheck.abort();
         self.ledger.flush()?;
         Ok(self.summary())
     }
@@ -463,11 +473,87 @@ impl Service {
     }
 
     fn refuse_credentials(&self, message: &str) {
-        if !self.auth_refused.swap(true, Ordering::SeqCst) {
+        if self.credentials_ok.send_replace(false) {
             error!(
                 message,
-                "the cluster refused our credentials; no file is marked rejected"
+                "the cluster refused our credentials: loads paused, no file is marked rejected"
             );
         }
+    }
+
+    /// Waits while credentials are refused; false when that wait is not worth it (`once`, or
+    /// the service is stopping).
+    async fn wait_for_credentials(&self) -> bool {
+        if *self.credentials_ok.borrow() {
+            return true;
+        }
+        if !self.waits_for_credentials.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut ok = self.credentials_ok.subscribe();
+        let stopped = self.stop.notified();
+        tokio::select! {
+            result = ok.wait_for(|ok| *ok) => result.is_ok() && !self.is_stopping(),
+            () = stopped => false,
+        }
+    }
+
+    /// While credentials are refused, asks the cluster every `retry_max` with a request that
+    /// loads nothing (a label state query) whether they work again.
+    async fn recheck_credentials(self: Arc<Self>) {
+        let Some(database) = self.config.watches.first().map(|w| w.database.clone()) else {
+            return;
+        };
+        let mut ok = self.credentials_ok.subscribe();
+        loop {
+            if ok.wait_for(|ok| !*ok).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(self.config.load.retry_max).await;
+            match self
+                .uploader
+                .label_state(&database, "sluice_credentials_check")
+                .await
+            {
+                Ok(_) => {
+                    info!("the cluster accepts our credentials again; loads resume");
+                    self.credentials_ok.send_replace(true);
+                }
+                Err(err) => debug!(error = %err, "credentials still refused"),
+            }
+        }
+    }
+
+    /// After the grace ran out: attempts that were cut are marked so in the ledger; their
+    /// records stay `submitting`, and the next start resolves them by label before sending.
+    fn record_cut_short(&self) -> Result<(), LedgerError> {
+        for mut record in self.ledger.unfinished()? {
+            if record.status != crate::ledger::Status::Submitting {
+                continue;
+            }
+            if let Some(last) = record.attempts.last_mut()
+                && last.outcome.is_none()
+            {
+                last.outcome = Some("cut_short".into());
+                last.message = Some("cut short by shutdown".into());
+                self.ledger.put(&record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts an upload as running while the guard lives.
+    fn count_load(&self) -> LoadCount<'_> {
+        self.loads_now.fetch_add(1, Ordering::Relaxed);
+        LoadCount(&self.loads_now)
+    }
+}
+
+/// An upload counted in `loads_in_flight`; dropping it, even on cancellation, uncounts it.
+struct LoadCount<'a>(&'a AtomicU64);
+
+impl Drop for LoadCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

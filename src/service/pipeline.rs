@@ -8,21 +8,16 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
+use super::outcome::{Step, has_unresolved_attempt};
 use super::{FileOutcome, Service, dispose};
 use crate::config::{AfterLoad, WatchConfig};
 use crate::label;
 use crate::ledger::{Attempt, Created, FileIdentity, Record, Status};
-use crate::upload::{LabelState, LoadRequest, Reply, UploadError, Verdict};
-
-/// How much of the cluster's error log is kept beside a refused file.
-const MAX_ERROR_ROWS_BYTES: usize = 1 << 20;
-
-/// How often a running label is asked about while it finishes.
-const LABEL_POLL: Duration = Duration::from_secs(1);
+use crate::upload::LoadRequest;
 
 /// A file to work on: where it was found and where it is now.
 pub(crate) struct Taken {
@@ -33,17 +28,6 @@ pub(crate) struct Taken {
     pub(crate) working: PathBuf,
 }
 
-/// What one attempt taught us.
-enum Step {
-    Done(Record),
-    Retry {
-        outcome: &'static str,
-        reason: String,
-    },
-    /// Stop attempting for now without a terminal state (credentials refused, bad redirect).
-    Pause(Record),
-}
-
 impl Service {
     /// Digests a taken file and carries it to an outcome.
     pub(crate) async fn process(self: &Arc<Self>, taken: Taken) -> FileOutcome {
@@ -51,8 +35,17 @@ impl Service {
         match self.process_inner(watch, &taken).await {
             Ok(outcome) => outcome,
             Err(err) => {
-                error!(path = %taken.original.display(), error = %format!("{err:#}"),
-                    "file left in place after a local error");
+                // Nothing was disposed of; hand the file back to the landing folder so that it
+                // is where its writer left it (a later start or change takes it again).
+                let mut place = taken.working.display().to_string();
+                if taken.working != taken.original
+                    && dispose::unclaim(&taken.working, &taken.original).is_ok()
+                    && taken.original.exists()
+                {
+                    place = taken.original.display().to_string();
+                }
+                error!(path = %taken.original.display(), left_at = %place,
+                    error = %format!("{err:#}"), "file left in place after a local error");
                 FileOutcome::LocalError
             }
         }
@@ -63,6 +56,52 @@ impl Service {
         watch: &WatchConfig,
         taken: &Taken,
     ) -> anyhow::Result<FileOutcome> {
+        let Some((file, sha256, identity)) = self.digest(taken).await? else {
+            return Ok(FileOutcome::Skipped);
+        };
+        let label = label::label_for(&watch.label_prefix, &watch.database, &watch.table, &sha256);
+        let lock = self.digest_lock(&watch.target(), &sha256);
+        let _held = lock.lock().await;
+
+        let fresh = self.new_record(watch, taken, &label, &sha256, identity)?;
+        let record = match self.ledger.create_primary(fresh)? {
+            Created::New(record) => record,
+            Created::Existing(primary) => {
+                let same_file = primary.identity.is_some_and(|i| {
+                    (i.dev, i.ino, i.size) == (identity.dev, identity.ino, identity.size)
+                });
+                match primary.status {
+                    // The outcome was durable but the file was not disposed of (a crash or a
+                    // failed move): finish the disposal, nothing more.
+                    status if status.is_terminal() && same_file => {
+                        return self.finish(watch, taken, primary, Instant::now());
+                    }
+                    Status::Loaded | Status::Duplicate => {
+                        return self
+                            .record_duplicate(watch, taken, &label, &sha256, identity, &primary);
+                    }
+                    Status::Indeterminate => {
+                        error!(path = %taken.original.display(), label = %primary.label,
+                            "same bytes as an indeterminate record: resolve it first; \
+                             file left in the working folder");
+                        return Ok(FileOutcome::Indeterminate);
+                    }
+                    // Rejected before, or unfinished: try again under the same label.
+                    _ => Record {
+                        path: taken.original.clone(),
+                        identity: Some(identity),
+                        bytes: identity.size,
+                        ..primary
+                    },
+                }
+            }
+        };
+        self.carry(watch, taken, record, Arc::new(file)).await
+    }
+
+    /// One streaming SHA-256 pass. `None` when the file changed while being read: it is handed
+    /// back and taken again once it is ready again.
+    async fn digest(&self, taken: &Taken) -> anyhow::Result<Option<(File, String, FileIdentity)>> {
         use anyhow::Context as _;
 
         let file = File::open(&taken.working)
@@ -82,56 +121,67 @@ impl Service {
             if taken.working != taken.original {
                 dispose::unclaim(&taken.working, &taken.original)?;
             }
-            return Ok(FileOutcome::Skipped);
+            return Ok(None);
+        }
+        Ok(Some((file, sha256, after)))
+    }
+
+    /// Attempts until an outcome, a pause, or the attempt budget of this run runs out.
+    async fn carry(
+        self: &Arc<Self>,
+        watch: &WatchConfig,
+        taken: &Taken,
+        mut record: Record,
+        file: Arc<File>,
+    ) -> anyhow::Result<FileOutcome> {
+        let started = Instant::now();
+        if record.status == Status::Submitting {
+            // An earlier run stopped mid-attempt: learn what became of it before sending.
+            info!(label = %record.label, path = %record.path.display(),
+                "resolving an attempt left unfinished by an earlier run");
+            let reason = "attempt left unfinished by an earlier run".to_owned();
+            match self.resolve_unknown(watch, &mut record, reason).await {
+                Step::Done(done) => return self.finish(watch, taken, done, started),
+                Step::Pause(held) | Step::Hold(held) => return self.hold(held),
+                Step::Retry { .. } => {}
+            }
         }
 
-        let label = label::label_for(&watch.label_prefix, &watch.database, &watch.table, &sha256);
-        let target = watch.target();
-        let lock = self.digest_lock(&target, &sha256);
-        let _held = lock.lock().await;
-
-        let fresh = self.new_record(watch, taken, &label, &sha256, after)?;
-        let mut record = match self.ledger.create_primary(fresh)? {
-            Created::New(record) => record,
-            Created::Existing(primary) => match primary.status {
-                Status::Loaded | Status::Duplicate => {
-                    return self.record_duplicate(watch, taken, &label, &sha256, after, &primary);
-                }
-                Status::Indeterminate => {
-                    error!(path = %taken.original.display(), label = %primary.label,
-                        "same bytes as an indeterminate record: resolve it first, file left in place");
-                    return Ok(FileOutcome::Indeterminate);
-                }
-                // Rejected before, or unfinished: try again under the same label.
-                _ => Record {
-                    path: taken.original.clone(),
-                    identity: Some(after),
-                    bytes: len,
-                    ..primary
-                },
-            },
-        };
-
-        let file = Arc::new(file);
-        let started = Instant::now();
-        let max_attempts = self.config.load.max_attempts;
+        let mut tries = 0u32;
         loop {
-            let number = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1;
-            if number > max_attempts {
-                warn!(path = %taken.original.display(), label = %record.label,
-                    attempts = number - 1, "giving up for now, file stays in the working folder");
+            if has_unresolved_attempt(&record) && self.is_past_window(&record) {
+                let Step::Done(done) = self.indeterminate(&mut record) else {
+                    unreachable!()
+                };
+                return self.finish(watch, taken, done, started);
+            }
+            if tries >= self.config.load.max_attempts {
+                record.next_attempt_at = None;
+                self.ledger.put(&record)?;
+                error!(path = %taken.original.display(), label = %record.label, attempts = tries,
+                    "giving up for this run; the file stays in the working folder");
                 return Ok(FileOutcome::Retrying);
             }
-            match self.attempt(watch, &mut record, &file, len, number).await? {
-                Step::Done(done) => {
-                    return self.finish(watch, taken, done, started).await;
-                }
+            if !self.wait_until_due(&record).await || !self.wait_for_credentials().await {
+                return Ok(FileOutcome::Retrying);
+            }
+            tries += 1;
+            let number = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1;
+            match self.attempt(watch, &mut record, &file, number).await? {
+                Step::Done(done) => return self.finish(watch, taken, done, started),
+                Step::Hold(held) => return self.hold(held),
                 Step::Pause(paused) => {
                     self.ledger.put(&paused)?;
-                    return Ok(FileOutcome::Retrying);
+                    record = paused;
+                    // Credentials refused: wait (in `run`) for them to work again; the
+                    // refused attempt does not count against the budget.
+                    tries -= 1;
+                    if !self.wait_for_credentials().await {
+                        return Ok(FileOutcome::Retrying);
+                    }
                 }
                 Step::Retry { outcome, reason } => {
-                    let delay = self.backoff(number);
+                    let delay = self.backoff(tries);
                     record.status = Status::Retrying;
                     record.message = Some(reason.clone());
                     record.next_attempt_at = Some(SystemTime::now() + delay);
@@ -139,16 +189,24 @@ impl Service {
                     warn!(path = %taken.original.display(), label = %record.label, attempt = number,
                         outcome, error = %reason, retry_in = %humantime::format_duration(delay),
                         "load failed, will retry");
-                    if self.is_stopping() {
-                        return Ok(FileOutcome::Retrying);
-                    }
-                    self.sleep_unless_stopping(delay).await;
-                    if self.is_stopping() {
-                        return Ok(FileOutcome::Retrying);
-                    }
                 }
             }
         }
+    }
+
+    fn hold(&self, record: Record) -> anyhow::Result<FileOutcome> {
+        self.ledger.put(&record)?;
+        Ok(FileOutcome::Retrying)
+    }
+
+    /// Sleeps until the record's next attempt is due; false when the service is stopping.
+    async fn wait_until_due(&self, record: &Record) -> bool {
+        if let Some(due) = record.next_attempt_at
+            && let Ok(wait) = due.duration_since(SystemTime::now())
+        {
+            self.sleep_unless_stopping(wait).await;
+        }
+        !self.is_stopping()
     }
 
     /// One attempt: write it ahead, send, learn the outcome.
@@ -157,7 +215,6 @@ impl Service {
         watch: &WatchConfig,
         record: &mut Record,
         file: &Arc<File>,
-        len: u64,
         number: u32,
     ) -> anyhow::Result<Step> {
         record.status = Status::Submitting;
@@ -173,7 +230,7 @@ impl Service {
             txn_id: None,
             rows_loaded: None,
             rows_filtered: None,
-            bytes: len,
+            bytes: record.bytes,
         });
         // Invariant 2: the attempt is durable before its first byte leaves.
         self.ledger.put(record)?;
@@ -185,17 +242,13 @@ impl Service {
             label: &record.label,
             headers: &headers,
             file: Arc::clone(file),
-            len,
+            len: record.bytes,
         };
         let sent_at = Instant::now();
         let result = {
             let _permit = self.in_flight.acquire().await?;
-            self.loads_now
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let result = self.uploader.load(&request).await;
-            self.loads_now
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            result
+            let _counted = self.count_load();
+            self.uploader.load(&request).await
         };
         let elapsed_ms = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Some(last) = record.attempts.last_mut() {
@@ -203,7 +256,7 @@ impl Service {
         }
 
         let step = match result {
-            Ok(reply) => self.judge(watch, record, reply).await?,
+            Ok(reply) => self.judge(watch, record, reply).await,
             Err(err) => self.judge_error(watch, record, err).await,
         };
         let outcome = record.attempts.last().and_then(|a| a.outcome.as_deref());
@@ -211,197 +264,25 @@ impl Service {
         Ok(step)
     }
 
-    async fn judge(
-        &self,
-        watch: &WatchConfig,
-        record: &mut Record,
-        reply: Reply,
-    ) -> anyhow::Result<Step> {
-        debug!(label = %record.label, http_status = reply.http_status, status = %reply.status,
-            message = %reply.message, "cluster answered");
-        let verdict = reply.verdict();
-        note_reply(record, &reply, verdict_word(&verdict));
-        Ok(match verdict {
-            Verdict::Loaded { publish_pending } => {
-                record.status = Status::Loaded;
-                record.rows_loaded = Some(reply.rows_loaded);
-                record.rows_filtered = Some(reply.rows_filtered);
-                record.txn_id = reply.txn_id;
-                record.message = Some(if publish_pending {
-                    format!("committed, visible later: {}", reply.message)
-                } else {
-                    reply.message.clone()
-                });
-                Step::Done(record.clone())
-            }
-            Verdict::LabelFinished => self.label_was_loaded(record),
-            Verdict::LabelRunning => self.wait_for_label(watch, record).await,
-            Verdict::Rejected { reason } => {
-                record.status = Status::Rejected;
-                record.rows_filtered = Some(reply.rows_filtered);
-                record.txn_id = reply.txn_id;
-                record.message = Some(reason);
-                self.keep_error_rows(watch, record, &reply).await;
-                Step::Done(record.clone())
-            }
-            Verdict::Transient { reason } => Step::Retry {
-                outcome: "transient",
-                reason,
-            },
-            Verdict::Unknown { reason } => self.resolve_unknown(watch, record, reason).await,
-            Verdict::AuthRefused { message } => {
-                self.refuse_credentials(&message);
-                record.status = Status::Retrying;
-                record.message = Some(format!("credentials refused: {message}"));
-                Step::Pause(record.clone())
-            }
-        })
-    }
-
-    async fn judge_error(
-        &self,
-        watch: &WatchConfig,
-        record: &mut Record,
-        err: UploadError,
-    ) -> Step {
-        let reason = format!("{err:#}");
-        if let Some(last) = record.attempts.last_mut() {
-            last.outcome = Some("error".into());
-            last.message = Some(reason.clone());
-        }
-        if matches!(err, UploadError::InsecureRedirect { .. }) {
-            error!(label = %record.label, error = %reason,
-                "refusing to send rows and credentials in clear; fix the endpoint or redirect map");
-            record.status = Status::Retrying;
-            record.message = Some(reason);
-            return Step::Pause(record.clone());
-        }
-        if err.body_may_have_been_sent() {
-            return self.resolve_unknown(watch, record, reason).await;
-        }
-        Step::Retry {
-            outcome: "not sent",
-            reason,
-        }
-    }
-
-    /// The answer was lost or unclear: ask the cluster what became of the label.
-    async fn resolve_unknown(
-        &self,
-        watch: &WatchConfig,
-        record: &mut Record,
-        reason: String,
-    ) -> Step {
-        match self
-            .uploader
-            .label_state(&watch.database, &record.label)
-            .await
-        {
-            Ok(LabelState::Visible | LabelState::Committed | LabelState::Prepared) => {
-                self.label_was_loaded(record)
-            }
-            Ok(LabelState::Prepare) => self.wait_for_label(watch, record).await,
-            // Aborted, or never seen: resending under the same label is safe inside the window.
-            Ok(state) => Step::Retry {
-                outcome: "unknown",
-                reason: format!("{reason}; label state {state:?}"),
-            },
-            Err(err) => Step::Retry {
-                outcome: "unknown",
-                reason: format!("{reason}; label state not known: {err:#}"),
-            },
-        }
-    }
-
-    /// The label is running (ours from a lost answer, or another host's): poll until final.
-    async fn wait_for_label(&self, watch: &WatchConfig, record: &mut Record) -> Step {
-        let deadline = Instant::now() + self.config.cluster.timeout;
-        while Instant::now() < deadline && !self.is_stopping() {
-            tokio::time::sleep(LABEL_POLL).await;
-            match self
-                .uploader
-                .label_state(&watch.database, &record.label)
-                .await
-            {
-                Ok(LabelState::Visible | LabelState::Committed | LabelState::Prepared) => {
-                    return self.label_was_loaded(record);
-                }
-                Ok(LabelState::Prepare) => {}
-                Ok(state) => {
-                    return Step::Retry {
-                        outcome: "unknown",
-                        reason: format!("running label ended as {state:?}"),
-                    };
-                }
-                Err(err) => {
-                    return Step::Retry {
-                        outcome: "unknown",
-                        reason: format!("label state not known: {err:#}"),
-                    };
-                }
-            }
-        }
-        Step::Retry {
-            outcome: "unknown",
-            reason: "label still running".into(),
-        }
-    }
-
-    /// The cluster holds a finished load under our label. If we attempted before, it was ours
-    /// (an answer lost); if not, another host or run loaded these bytes.
-    fn label_was_loaded(&self, record: &mut Record) -> Step {
-        let ours = record.attempts.len() > 1;
-        record.status = if ours {
-            Status::Loaded
-        } else {
-            Status::Duplicate
-        };
-        if ours {
-            record.message = Some("committed by an earlier attempt whose answer was lost".into());
-        } else {
-            record.duplicate_of = Some(record.label.clone());
-            record.message = Some("label already loaded by another host or run".into());
-        }
-        Step::Done(record.clone())
-    }
-
-    async fn keep_error_rows(&self, watch: &WatchConfig, record: &Record, reply: &Reply) {
-        let failed = failed_base(watch, &record.path);
-        let mut reply_path = failed.clone().into_os_string();
-        reply_path.push(".reply.json");
-        if let Err(err) = dispose::write_beside(Path::new(&reply_path), &reply.body) {
-            warn!(path = %record.path.display(), error = %err, "could not keep the cluster's answer");
-        }
-        let Some(url) = &reply.error_url else { return };
-        let rows = match self
-            .uploader
-            .fetch_error_rows(url, MAX_ERROR_ROWS_BYTES)
-            .await
-        {
-            Ok(rows) => rows,
-            Err(err) => format!("error rows could not be fetched from {url}: {err:#}\n"),
-        };
-        let mut rows_path = failed.into_os_string();
-        rows_path.push(".errors.txt");
-        if let Err(err) = dispose::write_beside(Path::new(&rows_path), &rows) {
-            warn!(path = %record.path.display(), error = %err, "could not keep the error rows");
-        }
-    }
-
     /// Records the outcome durably, then disposes of the file.
-    async fn finish(
+    fn finish(
         &self,
         watch: &WatchConfig,
         taken: &Taken,
         mut record: Record,
         started: Instant,
     ) -> anyhow::Result<FileOutcome> {
-        record.finished_at = Some(SystemTime::now());
-        let destination = self.destination(watch, taken, record.status)?;
-        record.disposed_to.clone_from(&destination);
-        // Invariant 2: the outcome is durable before the file moves.
-        self.ledger.put(&record)?;
-        self.dispose(watch, taken, destination.as_deref())?;
+        if record.finished_at.is_none() || record.disposed_to.is_none() {
+            record.finished_at.get_or_insert_with(SystemTime::now);
+            let destination = self.destination(watch, taken, record.status)?;
+            record.disposed_to.clone_from(&destination);
+            // Invariant 2: the outcome is durable before the file moves.
+            self.ledger.put(&record)?;
+        }
+        if record.status == Status::Indeterminate {
+            self.write_indeterminate_note(watch, &record);
+        }
+        self.dispose(watch, taken, record.disposed_to.as_deref())?;
 
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let rows = record.rows_loaded.unwrap_or(0);
@@ -420,6 +301,7 @@ impl Service {
                     bytes = record.bytes, elapsed_ms, "duplicate, not loaded again");
                 FileOutcome::Duplicate
             }
+            Status::Indeterminate => FileOutcome::Indeterminate,
             _ => {
                 error!(label = %record.label, path = %record.path.display(),
                     bytes = record.bytes, elapsed_ms,
@@ -428,6 +310,22 @@ impl Service {
             }
         };
         Ok(outcome)
+    }
+
+    /// Beside an indeterminate file in the failed folder: what happened and what to do.
+    fn write_indeterminate_note(&self, watch: &WatchConfig, record: &Record) {
+        let mut note = watch
+            .failed_dir
+            .join(file_name(&record.path))
+            .into_os_string();
+        note.push(".indeterminate.txt");
+        let text = format!(
+            "{}\n",
+            record.message.as_deref().unwrap_or("outcome unknown")
+        );
+        if let Err(err) = dispose::write_beside(Path::new(&note), &text) {
+            warn!(path = %record.path.display(), error = %err, "could not write the note");
+        }
     }
 
     fn record_duplicate(
@@ -500,7 +398,9 @@ impl Service {
         let name = file_name(&taken.original);
         Ok(match (status, watch.after_load) {
             (_, AfterLoad::Keep) => None,
-            (Status::Rejected, _) => Some(dispose::free_name(&watch.failed_dir, name)?),
+            (Status::Rejected | Status::Indeterminate, _) => {
+                Some(dispose::free_name(&watch.failed_dir, name)?)
+            }
             (_, AfterLoad::Move) => Some(dispose::free_name(&watch.done_dir, name)?),
             (_, AfterLoad::Delete) => None,
         })
@@ -537,35 +437,6 @@ fn request_headers(watch: &WatchConfig) -> Vec<(String, String)> {
     )];
     headers.extend(watch.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     headers
-}
-
-fn note_reply(record: &mut Record, reply: &Reply, outcome: &str) {
-    if let Some(last) = record.attempts.last_mut() {
-        last.outcome = Some(outcome.to_owned());
-        last.http_status = Some(reply.http_status);
-        last.cluster_status = Some(reply.status.clone());
-        last.message = Some(reply.message.clone());
-        last.txn_id = reply.txn_id;
-        last.rows_loaded = Some(reply.rows_loaded);
-        last.rows_filtered = Some(reply.rows_filtered);
-    }
-}
-
-fn verdict_word(verdict: &Verdict) -> &'static str {
-    match verdict {
-        Verdict::Loaded { .. } => "loaded",
-        Verdict::LabelFinished => "label_finished",
-        Verdict::LabelRunning => "label_running",
-        Verdict::Rejected { .. } => "rejected",
-        Verdict::Transient { .. } => "transient",
-        Verdict::Unknown { .. } => "unknown",
-        Verdict::AuthRefused { .. } => "auth_refused",
-    }
-}
-
-/// The path in the failed folder the cluster's answer is named after.
-fn failed_base(watch: &WatchConfig, original: &Path) -> PathBuf {
-    watch.failed_dir.join(file_name(original))
 }
 
 fn file_name(path: &Path) -> &Path {
