@@ -88,6 +88,27 @@ pub enum LedgerCommand {
     List(ConfigArg),
     /// Every record as JSON lines, oldest first.
     Export(ConfigArg),
+    /// Record an operator's decision on an indeterminate record, and act on it.
+    Resolve(ResolveArgs),
+}
+
+/// `sluice ledger resolve`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("decision").required(true).args(["loaded", "reload"])))]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The label of the indeterminate record.
+    pub label: String,
+    /// The rows are in the table: record the file as loaded and move it to the done folder.
+    #[arg(long)]
+    pub loaded: bool,
+    /// Load the file again: it goes back into the landing folder.
+    #[arg(long, requires = "reason")]
+    pub reload: bool,
+    /// Why, for the auditors (required with `--reload`).
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 /// `sluice demo`.

@@ -10,10 +10,10 @@ use std::io::Write;
 use anyhow::Context as _;
 use tracing::info;
 
-use crate::cli::{Command, ConfigArg, LabelArgs, LedgerCommand};
+use crate::cli::{Command, ConfigArg, LabelArgs, LedgerCommand, ResolveArgs};
 use crate::config::Config;
 use crate::ledger::Ledger;
-use crate::service::{Service, Summary};
+use crate::service::{Decision, Service, Summary};
 use crate::{audit, demo, emulator, label};
 
 /// The process exit status.
@@ -57,6 +57,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<Exit> {
             audit::export_jsonl(&open_ledger(&args)?, &mut std::io::stdout().lock())?;
             Ok(Exit::Success)
         }
+        Command::Ledger(LedgerCommand::Resolve(args)) => resolve(&args),
         Command::Run(args) => runtime()?.block_on(run(&args)),
         Command::Once(args) => runtime()?.block_on(once(&args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args.dir.as_deref())),
@@ -108,6 +109,28 @@ fn print_label(args: &LabelArgs) -> anyhow::Result<Exit> {
     println!(
         "{}",
         label::label_for(&args.prefix, &args.database, &args.table, &sha256)
+    );
+    Ok(Exit::Success)
+}
+
+fn resolve(args: &ResolveArgs) -> anyhow::Result<Exit> {
+    let config = load_config(&args.config)?;
+    let decision = if args.reload {
+        Decision::Reload
+    } else {
+        Decision::Loaded
+    };
+    let reason = args
+        .reason
+        .clone()
+        .unwrap_or_else(|| "no reason given".into());
+    let (record, file) = crate::service::resolve(&config, &args.label, decision, &reason)?;
+    println!(
+        "{}: now {}{}",
+        record.label,
+        record.status.as_str(),
+        file.map(|f| format!(", file at `{}`", f.display()))
+            .unwrap_or_default()
     );
     Ok(Exit::Success)
 }

@@ -440,6 +440,11 @@ impl Emulator {
     }
 
     /// Moves the label-window clock forward (it also runs with real time).
+    /// Changes the password the emulator accepts from now on (tests of refused credentials).
+    pub fn set_password(&self, password: &str) {
+        self.state.set_password(password);
+    }
+
     pub fn advance_clock(&self, by: Duration) {
         self.state.advance_clock(by);
     }

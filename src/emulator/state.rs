@@ -79,6 +79,8 @@ struct Inner {
     /// Loads past their header phase and not yet answered, now and at most.
     loads_now: u64,
     loads_max: u64,
+    /// A password set after start, replacing the configured one.
+    password: Option<String>,
 }
 
 /// A label and its latest transaction, plus counters that survive reuse and expiry.
@@ -122,6 +124,7 @@ impl State {
                 table_stats,
                 loads_now: 0,
                 loads_max: 0,
+                password: None,
             }),
         }
     }
@@ -135,7 +138,14 @@ impl State {
     }
 
     pub(crate) fn is_valid_login(&self, user: &str, password: &str) -> bool {
-        user == self.user && password == self.password
+        let inner = self.lock();
+        let expected = inner.password.as_deref().unwrap_or(&self.password);
+        user == self.user && password == expected
+    }
+
+    /// Changes the password basic auth must carry, as an operator would on the cluster.
+    pub(crate) fn set_password(&self, password: &str) {
+        self.lock().password = Some(password.to_owned());
     }
 
     pub(crate) fn has_database(&self, database: &str) -> bool {

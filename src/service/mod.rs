@@ -5,8 +5,11 @@
 //! waiting for a load slot are bounded too, so a backlog of 100,000 files costs little memory.
 
 mod dispose;
+mod operator;
 mod outcome;
 mod pipeline;
+
+pub use operator::{Decision, resolve};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -257,6 +260,8 @@ impl Service {
             self.record_cut_short()?;
         }
         recheck.abort();
+        // The aborted task holds a reference to the service (and its ledger) until it is dropped.
+        let _ = recheck.await;
         self.ledger.flush()?;
         Ok(self.summary())
     }

@@ -19,8 +19,14 @@ use crate::upload::{LabelState, Reply, UploadError, Verdict};
 /// How much of the cluster's error log is kept beside a refused file.
 const MAX_ERROR_ROWS_BYTES: usize = 1 << 20;
 
-/// How often a running label is asked about while it finishes.
-const LABEL_POLL: Duration = Duration::from_secs(1);
+/// How often a running label is asked about while it finishes: from the first to the last,
+/// doubling.
+const LABEL_POLL_FIRST: Duration = Duration::from_millis(500);
+const LABEL_POLL_LAST: Duration = Duration::from_secs(5);
+
+/// How long a running label is waited for before the attempt counts as failed. A stream load
+/// runs for at most its `timeout` (600 s by default on the cluster); this leaves room over that.
+const LABEL_WAIT_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// Attempt outcomes after which the rows may or may not be in the cluster.
 const UNRESOLVED: &[&str] = &["unknown", "cut_short"];
@@ -172,9 +178,11 @@ impl Service {
         record: &mut Record,
         last_may_be_ours: bool,
     ) -> Step {
-        let deadline = Instant::now() + self.config.cluster.timeout;
+        let deadline = Instant::now() + LABEL_WAIT_MAX;
+        let mut poll = LABEL_POLL_FIRST;
         while Instant::now() < deadline && !self.is_stopping() {
-            tokio::time::sleep(LABEL_POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(LABEL_POLL_LAST);
             match self
                 .uploader
                 .label_state(&watch.database, &record.label)

@@ -67,6 +67,8 @@ pub struct EnvBuilder {
     extra_load: String,
     empty_load_as_error: bool,
     load_delay: Duration,
+    timeout: String,
+    label_keep: String,
 }
 
 impl EnvBuilder {
@@ -79,7 +81,21 @@ impl EnvBuilder {
             extra_load: String::new(),
             empty_load_as_error: true,
             load_delay: Duration::ZERO,
+            timeout: "20s".into(),
+            label_keep: "3d".into(),
         }
+    }
+
+    /// `cluster.timeout`, the longest one attempt may take.
+    pub fn timeout(mut self, timeout: &str) -> EnvBuilder {
+        timeout.clone_into(&mut self.timeout);
+        self
+    }
+
+    /// `cluster.label_keep`, sluice's idea of the label window.
+    pub fn label_keep(mut self, keep: &str) -> EnvBuilder {
+        keep.clone_into(&mut self.label_keep);
+        self
     }
 
     /// Makes every load take at least this long on the emulator, so that loads overlap.
@@ -154,10 +170,12 @@ impl EnvBuilder {
         .unwrap();
         let mut text = format!(
             "[cluster]\nendpoint = \"{}\"\nuser = \"{user}\"\npassword_file = \"password\"\n\
-             ca_file = \"ca.pem\"\ntimeout = \"20s\"\n{}\n[ledger]\npath = \"ledger\"\n\n\
+             ca_file = \"ca.pem\"\ntimeout = \"{}\"\nlabel_keep = \"{}\"\n{}\n[ledger]\npath = \"ledger\"\n\n\
              [load]\nsettle = \"{}\"\nrescan = \"1s\"\nretry_initial = \"100ms\"\n\
              retry_max = \"500ms\"\nmax_attempts = 4\n{}\n",
             emulator.endpoint(),
+            self.timeout,
+            self.label_keep,
             self.extra_cluster,
             self.settle,
             self.extra_load,
