@@ -59,6 +59,9 @@ impl WatchSpec {
     }
 }
 
+/// A change to the emulator's options, made before it starts.
+type EmulatorTweak = Box<dyn FnOnce(&mut EmulatorOptions)>;
+
 pub struct EnvBuilder {
     mode: Mode,
     watches: Vec<WatchSpec>,
@@ -67,6 +70,7 @@ pub struct EnvBuilder {
     extra_load: String,
     empty_load_as_error: bool,
     load_delay: Duration,
+    emulator_tweaks: Vec<EmulatorTweak>,
 }
 
 impl EnvBuilder {
@@ -79,7 +83,14 @@ impl EnvBuilder {
             extra_load: String::new(),
             empty_load_as_error: true,
             load_delay: Duration::ZERO,
+            emulator_tweaks: Vec::new(),
         }
+    }
+
+    /// Changes the emulator's options (certificate, password, tables, ...) before it starts.
+    pub fn emulator(mut self, tweak: impl FnOnce(&mut EmulatorOptions) + 'static) -> EnvBuilder {
+        self.emulator_tweaks.push(Box::new(tweak));
+        self
     }
 
     /// Makes every load take at least this long on the emulator, so that loads overlap.
@@ -134,13 +145,16 @@ impl EnvBuilder {
                 });
             }
         }
-        let options = EmulatorOptions {
+        let mut options = EmulatorOptions {
             tables,
             mode: self.mode,
             empty_load_as_error: self.empty_load_as_error,
             load_delay: self.load_delay,
             ..EmulatorOptions::default()
         };
+        for tweak in self.emulator_tweaks {
+            tweak(&mut options);
+        }
         let password = options.password.clone();
         let user = options.user.clone();
         let emulator = Emulator::start(options).await.unwrap();
