@@ -366,8 +366,7 @@ impl Doctor<'_> {
         let target = format!("{database}.{table}");
         let (advertised, url) = match uploader.check_redirect(database, table).await {
             Ok(RedirectCheck::Redirect { advertised, target }) => (advertised, target),
-            Ok(RedirectCheck::Direct { reply }) => {
-                let _ = reply;
+            Ok(RedirectCheck::Direct { .. }) => {
                 return self.ok(
                     "redirect",
                     format!("`{target}`: the endpoint takes loads itself (no redirect)"),
