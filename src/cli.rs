@@ -41,6 +41,9 @@ pub enum Command {
     Once(ConfigArg),
     /// Validate the configuration without touching the network.
     Check(ConfigArg),
+    /// Reach the cluster as loads will: DNS, TCP, TLS at `ssl_mode`, credentials, each
+    /// watch's database and table, the FE's redirect. Loads nothing.
+    Doctor(ConfigArg),
     /// Print the label a file would be loaded under.
     Label(LabelArgs),
     /// Read the load ledger.

@@ -14,7 +14,7 @@ use crate::cli::{Command, ConfigArg, LabelArgs, LedgerCommand, ResolveArgs};
 use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::service::{Decision, Service, Summary};
-use crate::{audit, demo, emulator, label};
+use crate::{audit, demo, doctor, emulator, label};
 
 /// The process exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,7 @@ impl Exit {
 pub fn dispatch(command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Check(args) => check(&args),
+        Command::Doctor(args) => runtime()?.block_on(doctor(&args)),
         Command::Label(args) => print_label(&args),
         Command::Ledger(LedgerCommand::List(args)) => {
             audit::print_list(&open_ledger(&args)?, &mut std::io::stdout().lock())?;
@@ -94,6 +95,28 @@ fn check(args: &ConfigArg) -> anyhow::Result<Exit> {
         config.cluster.endpoint.port,
     );
     Ok(Exit::Success)
+}
+
+/// `sluice doctor`: one line per check on stdout, then a verdict; exits 1 when a check failed.
+async fn doctor(args: &ConfigArg) -> anyhow::Result<Exit> {
+    let config = load_config(args)?;
+    let mut out = std::io::stdout().lock();
+    let report = doctor::diagnose(&config, &mut out)
+        .await
+        .context("failed to write the report")?;
+    match report.first_failure() {
+        None => {
+            writeln!(out, "doctor: every check passed")?;
+            Ok(Exit::Success)
+        }
+        Some(class) => {
+            writeln!(
+                out,
+                "doctor: failed ({class:?}); the first FAIL line says how to fix it"
+            )?;
+            Ok(Exit::Failure)
+        }
+    }
 }
 
 fn print_label(args: &LabelArgs) -> anyhow::Result<Exit> {

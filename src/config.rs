@@ -77,6 +77,11 @@ pub struct ClusterConfig {
     pub allow_insecure_http: bool,
     /// PEM bundle of trusted CAs; `None` means the system roots.
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain offered to a cluster behind mutual TLS; set together with
+    /// `client_key`, or neither is.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`; private to its owner, like `password_file`.
+    pub client_key: Option<PathBuf>,
     /// Base URL of the FE (or proxy), e.g. `https://fe.example.com:8443`; no trailing slash.
     pub endpoint: Endpoint,
     /// The cluster's label window (`label_keep_max_second`), default 3 days.

@@ -13,12 +13,14 @@
 //! - `service`: the pipeline from a ready file to its disposal; `run` and `once`.
 //! - `emulator`: the built-in Stream Load server used by `demo`, `emulate` and the tests.
 //! - `demo`: the `sluice demo` command.
+//! - `doctor`: the `sluice doctor` command: reach the cluster, one check per line.
 
 pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod emulator;
 pub mod label;
 pub mod ledger;

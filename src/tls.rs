@@ -3,7 +3,12 @@
 //! The ring provider is named explicitly rather than taken from a process-wide default, so the
 //! choice cannot depend on which crate happened to install one first. Roots come from `ca_file`
 //! or, without one, from the system store, so public chains (CelerData's Let's Encrypt) verify
-//! out of the box. ALPN offers only `http/1.1`: Stream Load is an HTTP/1.1 protocol.
+//! out of the box. ALPN offers only `http/1.1`: Stream Load is an HTTP/1.1 protocol. A client
+//! certificate (`client_cert`, `client_key`) is offered to clusters behind mutual TLS.
+//! `inspect` keeps what a server presented and says which check refused it, for `sluice doctor`
+//! and for clear handshake errors.
+
+mod inspect;
 
 use std::fs;
 use std::io;
@@ -12,16 +17,20 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+pub use inspect::{CertificateInfo, HandshakeFailure, PeerRecord, find_handshake_failure};
+
 use crate::config::{ClusterConfig, SslMode};
 
-/// Why the TLS configuration could not be built. Each names the file or source involved.
+/// Why the TLS configuration could not be built. Each names the file or source involved, never
+/// the content of a key.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("certificate #{index} in `{path}` is not a usable CA: {cause}")]
@@ -45,11 +54,25 @@ pub enum TlsError {
     Provider(rustls::Error),
     #[error("cannot read CA file `{path}`: {cause}")]
     ReadCaFile { path: PathBuf, cause: io::Error },
+    #[error("cannot read `{path}`: {cause}")]
+    ReadClientFile { path: PathBuf, cause: io::Error },
+    #[error("invalid PEM in `{path}`: {cause}")]
+    ParseClientFile {
+        path: PathBuf,
+        cause: rustls::pki_types::pem::Error,
+    },
+    #[error("client certificate `{cert}` and key `{key}` do not go together: {cause}")]
+    ClientIdentity {
+        cert: PathBuf,
+        key: PathBuf,
+        cause: rustls::Error,
+    },
     #[error("cannot build the certificate verifier: {0}")]
     Verifier(rustls::client::VerifierBuilderError),
 }
 
-/// The client configuration for `cluster.ssl_mode`, with `cluster.ca_file` or the system roots.
+/// The client configuration for `cluster.ssl_mode`, with `cluster.ca_file` or the system roots,
+/// and the client certificate when `cluster.client_cert` is set.
 ///
 /// - `VerifyIdentity`: chain and name (IP-address hosts are matched against IP SANs).
 /// - `VerifyCa`: chain verified, a certificate issued for another name accepted.
@@ -58,38 +81,78 @@ pub enum TlsError {
 /// # Errors
 ///
 /// An unreadable or empty `ca_file`, invalid PEM, a certificate that cannot be a trust anchor,
-/// or no usable system roots when `ca_file` is not set.
+/// no usable system roots when `ca_file` is not set, or an unusable client certificate or key.
 pub fn client_config(cluster: &ClusterConfig) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Provider)?;
+    let verifier = server_verifier(cluster, &provider)?;
+    build_config(cluster, provider, verifier)
+}
 
-    let builder = match cluster.ssl_mode {
-        SslMode::Required => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck {
-                algorithms: provider.signature_verification_algorithms,
-            })),
-        SslMode::VerifyCa => {
-            let roots = load_roots(cluster.ca_file.as_deref())?;
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(TlsError::Verifier)?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyNameVerifier { inner }))
-        }
-        SslMode::VerifyIdentity => {
-            let roots = load_roots(cluster.ca_file.as_deref())?;
-            let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(TlsError::Verifier)?;
-            builder.with_webpki_verifier(verifier)
-        }
+/// The same configuration as [`client_config`], with the server's certificates kept in the
+/// returned [`PeerRecord`] whatever the verdict, so that `sluice doctor` can show what the
+/// server presented and which check refused it.
+///
+/// # Errors
+///
+/// As [`client_config`].
+pub fn inspecting_config(
+    cluster: &ClusterConfig,
+) -> Result<(Arc<ClientConfig>, Arc<PeerRecord>), TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let record = Arc::new(PeerRecord::default());
+    let verifier = Arc::new(inspect::Recording {
+        inner: server_verifier(cluster, &provider)?,
+        record: record.clone(),
+    });
+    Ok((build_config(cluster, provider, verifier)?, record))
+}
+
+/// Every mode goes through a custom verifier, the webpki one included, so that the recording
+/// wrapper of `inspecting_config` can stand in front of any of them.
+fn server_verifier(
+    cluster: &ClusterConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let webpki = || -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+        let roots = load_roots(cluster.ca_file.as_deref())?;
+        WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(TlsError::Verifier)
     };
+    Ok(match cluster.ssl_mode {
+        SslMode::Required => Arc::new(NoCertificateCheck {
+            algorithms: provider.signature_verification_algorithms,
+        }),
+        SslMode::VerifyCa => Arc::new(AnyNameVerifier { inner: webpki()? }),
+        SslMode::VerifyIdentity => webpki()?,
+    })
+}
 
-    let mut config = builder.with_no_client_auth();
+fn build_config(
+    cluster: &ClusterConfig,
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Provider)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match (&cluster.client_cert, &cluster.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = load_client_chain(cert)?;
+            let key_der = load_client_key(key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|cause| TlsError::ClientIdentity {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    cause,
+                })?
+        }
+        // Validation refuses one without the other, so this is "no client certificate".
+        _ => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -169,6 +232,40 @@ fn load_system_roots() -> Result<Arc<RootCertStore>, TlsError> {
         );
     }
     Ok(Arc::new(roots))
+}
+
+/// The client certificate chain of `cluster.client_cert`: the certificate first, then any
+/// intermediates, as the server needs them.
+fn load_client_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = fs::read(path).map_err(|cause| TlsError::ReadClientFile {
+        path: path.to_owned(),
+        cause,
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|cause| TlsError::ParseClientFile {
+            path: path.to_owned(),
+            cause,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificates {
+            path: path.to_owned(),
+        });
+    }
+    Ok(chain)
+}
+
+/// The private key of `cluster.client_key` (PKCS#8, PKCS#1 or SEC1 PEM). Its bytes never reach
+/// a message: the PEM error names the file and the kind of problem only.
+fn load_client_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = fs::read(path).map_err(|cause| TlsError::ReadClientFile {
+        path: path.to_owned(),
+        cause,
+    })?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|cause| TlsError::ParseClientFile {
+        path: path.to_owned(),
+        cause,
+    })
 }
 
 /// `verify_ca`: the webpki chain check, with a certificate for another name accepted.
@@ -326,6 +423,8 @@ mod tests {
         ClusterConfig {
             allow_insecure_http: false,
             ca_file,
+            client_cert: None,
+            client_key: None,
             endpoint: Endpoint {
                 scheme: Scheme::Https,
                 host: "localhost".into(),

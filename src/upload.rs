@@ -9,6 +9,7 @@
 
 mod body;
 mod exchange;
+mod probe;
 mod redirect;
 mod reply;
 
@@ -24,12 +25,13 @@ use http::HeaderValue;
 use reqwest::Url;
 use tokio_rustls::TlsConnector;
 
+pub use probe::{DatabaseCheck, PROBE_LABEL, RedirectCheck, TableCheck};
 pub use reply::{Dialect, LabelState, Reply, Verdict};
 
 use self::body::BodyReport;
 use self::exchange::Hop;
 use self::redirect::{RedirectPolicy, Refusal, is_redirect, scheme_name};
-use crate::config::{ClusterConfig, Scheme};
+use crate::config::{ClusterConfig, Scheme, SslMode};
 use crate::tls::{self, TlsError};
 
 /// Most redirects followed in one attempt (FE → leader FE → BE needs two).
@@ -130,7 +132,7 @@ pub enum UploadError {
         after: Duration,
         body_may_have_been_sent: bool,
     },
-    #[error("TLS handshake with `{addr}` failed: {cause}")]
+    #[error("TLS handshake with `{addr}` failed: {}", describe_tls(cause))]
     Tls { addr: String, cause: io::Error },
     #[error(transparent)]
     TlsSetup(#[from] TlsError),
@@ -168,11 +170,15 @@ impl UploadError {
 impl Uploader {
     /// The client of `cluster`: its TLS configuration, endpoint, credentials and limits.
     ///
+    /// Logs a warning, at every start, when `ssl_mode = "required"` leaves the server
+    /// unverified or `allow_insecure_http` lets credentials travel in clear.
+    ///
     /// # Errors
     ///
     /// `TlsSetup` when the TLS configuration cannot be built (see `tls::client_config`),
     /// `Client` when the HTTP client cannot.
     pub fn new(cluster: &ClusterConfig) -> Result<Uploader, UploadError> {
+        warn_of_weak_transport(cluster);
         let tls_config = tls::client_config(cluster)?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls_config))
@@ -447,6 +453,42 @@ impl fmt::Debug for Uploader {
     }
 }
 
+/// The warnings of a transport that does not protect the credentials fully, said at every start
+/// so that they cannot be forgotten in an old log.
+fn warn_of_weak_transport(cluster: &ClusterConfig) {
+    let endpoint = &cluster.endpoint;
+    if endpoint.scheme == Scheme::Https && cluster.ssl_mode == SslMode::Required {
+        tracing::warn!(
+            %endpoint,
+            "ssl_mode = \"required\": the connection is encrypted but the server's certificate is \
+             not verified, so anyone on the path can pose as the cluster and take the password; \
+             use `verify_identity` (with `ca_file` for a private CA)"
+        );
+    }
+    if endpoint.scheme == Scheme::Http {
+        tracing::warn!(
+            %endpoint,
+            "plain http endpoint (allow_insecure_http = true): the password and the rows travel \
+             in clear"
+        );
+    } else if cluster.allow_insecure_http {
+        tracing::warn!(
+            %endpoint,
+            "allow_insecure_http = true: redirects to plain http are followed, and the password \
+             and the rows then travel in clear"
+        );
+    }
+}
+
+/// A handshake error in an operator's words, with the fix, when rustls said which check
+/// failed; else the error as it is.
+fn describe_tls(cause: &io::Error) -> String {
+    match tls::find_handshake_failure(cause) {
+        Some(failure) => format!("{failure}; {}", failure.fix()),
+        None => cause.to_string(),
+    }
+}
+
 fn location_of(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
@@ -471,9 +513,13 @@ async fn read_limited(
 }
 
 fn request_error(url: &Url, err: &reqwest::Error) -> UploadError {
+    let cause = match tls::find_handshake_failure(err) {
+        Some(failure) => format!("TLS handshake failed: {failure}; {}", failure.fix()),
+        None => error_chain(err),
+    };
     UploadError::Request {
         url: url.to_string(),
-        cause: error_chain(err),
+        cause,
     }
 }
 

@@ -47,6 +47,8 @@ fn setup(ca: &TestCa, scheme: Scheme, port: u16) -> Setup {
         cluster: ClusterConfig {
             allow_insecure_http: scheme == Scheme::Http,
             ca_file: Some(ca_file),
+            client_cert: None,
+            client_key: None,
             endpoint: Endpoint {
                 scheme,
                 host: "127.0.0.1".into(),

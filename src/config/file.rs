@@ -66,6 +66,8 @@ pub(super) struct FileConfig {
 pub(super) struct ClusterFile {
     pub(super) allow_insecure_http: Option<bool>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) client_cert: Option<PathBuf>,
+    pub(super) client_key: Option<PathBuf>,
     pub(super) endpoint: Option<String>,
     pub(super) label_keep: Option<String>,
     pub(super) password_credential: Option<String>,
@@ -344,6 +346,8 @@ mod tests {
             let ClusterConfig {
                 allow_insecure_http: _,
                 ca_file: _,
+                client_cert: _,
+                client_key: _,
                 endpoint: _,
                 label_keep: _,
                 password: _,
@@ -383,6 +387,8 @@ mod tests {
         for field in [
             "cluster.allow_insecure_http",
             "cluster.ca_file",
+            "cluster.client_cert",
+            "cluster.client_key",
             "cluster.endpoint",
             "cluster.label_keep",
             "cluster.password_file",

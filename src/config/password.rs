@@ -119,7 +119,7 @@ fn read_password_file(file: &Path) -> Result<Secret, String> {
     if !metadata.is_file() {
         return Err(format!("`{shown}` is not a regular file"));
     }
-    ensure_private(file, &metadata)?;
+    ensure_private("password file", file, &metadata)?;
 
     let mut bytes = Vec::new();
     handle
@@ -147,14 +147,19 @@ fn decode_secret(mut bytes: Vec<u8>) -> Result<Secret, String> {
         .map_err(|_| "is not valid utf-8".to_owned())
 }
 
+/// Refuses a secret file (the password file, the client key) that group or others can read.
 #[cfg(unix)]
-fn ensure_private(file: &Path, metadata: &std::fs::Metadata) -> Result<(), String> {
+pub(super) fn ensure_private(
+    what: &str,
+    file: &Path,
+    metadata: &std::fs::Metadata,
+) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
 
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o044 != 0 {
         return Err(format!(
-            "password file `{}` is readable by group or others (mode {mode:03o}): run `chmod 600 {}`",
+            "{what} `{}` is readable by group or others (mode {mode:03o}): run `chmod 600 {}`",
             file.display(),
             file.display()
         ));
@@ -163,7 +168,11 @@ fn ensure_private(file: &Path, metadata: &std::fs::Metadata) -> Result<(), Strin
 }
 
 #[cfg(not(unix))]
-fn ensure_private(_file: &Path, _metadata: &std::fs::Metadata) -> Result<(), String> {
+pub(super) fn ensure_private(
+    _what: &str,
+    _file: &Path,
+    _metadata: &std::fs::Metadata,
+) -> Result<(), String> {
     Ok(())
 }
 

@@ -8,14 +8,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::document::{Document, Found, KeyPath};
 use crate::config::endpoint::{normalize_host_port, parse_endpoint};
 use crate::config::error::describe_io;
 use crate::config::file::{ClusterFile, FileConfig, LedgerFile, LoadFile, SslModeFile, defaults};
-use crate::config::password::resolve_password;
+use crate::config::password::{ensure_private, resolve_password};
 use crate::config::{
     ClusterConfig, Config, ConfigError, LedgerConfig, LoadConfig, Problem, Scheme, SslMode, watch,
 };
@@ -222,6 +222,7 @@ fn build_cluster(
         .ca_file
         .as_deref()
         .and_then(|file| build_ca_file(checker, &path.key("ca_file"), file));
+    let (client_cert, client_key) = build_client_identity(checker, path, &cluster);
     let ssl_mode = match cluster.ssl_mode {
         None => defaults::SSL_MODE,
         Some(SslModeFile::Required) => SslMode::Required,
@@ -247,6 +248,8 @@ fn build_cluster(
     Some(ClusterConfig {
         allow_insecure_http,
         ca_file,
+        client_cert,
+        client_key,
         endpoint: endpoint?,
         label_keep,
         password,
@@ -301,6 +304,91 @@ fn build_ca_file(checker: &mut Checker<'_>, path: &KeyPath, file: &Path) -> Opti
     };
     checker.report(path, why);
     None
+}
+
+/// `client_cert` and `client_key` come together. Both are read now, so that a typo shows at
+/// `sluice check`; the key must be private to its owner, as the password file must, and its
+/// content never reaches a message.
+fn build_client_identity(
+    checker: &mut Checker<'_>,
+    path: &KeyPath,
+    cluster: &ClusterFile,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    let (cert_key, key_key) = (path.key("client_cert"), path.key("client_key"));
+    match (&cluster.client_cert, &cluster.client_key) {
+        (None, None) => (None, None),
+        (Some(_), None) => {
+            checker.report(
+                &cert_key,
+                "`client_cert` needs `client_key`, the file of its private key",
+            );
+            (None, None)
+        }
+        (None, Some(_)) => {
+            checker.report(
+                &key_key,
+                "`client_key` needs `client_cert`, the file of its certificate",
+            );
+            (None, None)
+        }
+        (Some(cert), Some(key)) => {
+            let cert =
+                checker.resolve_path(&cert_key, cert).filter(|file| {
+                    match check_client_cert(file) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            checker.report(&cert_key, why);
+                            false
+                        }
+                    }
+                });
+            let key =
+                checker
+                    .resolve_path(&key_key, key)
+                    .filter(|file| match check_client_key(file) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            checker.report(&key_key, why);
+                            false
+                        }
+                    });
+            (cert, key)
+        }
+    }
+}
+
+fn check_client_cert(file: &Path) -> Result<(), String> {
+    let shown = file.display();
+    let bytes = std::fs::read(file).map_err(|err| {
+        format!(
+            "cannot read client certificate `{shown}`: {}",
+            describe_io(&err)
+        )
+    })?;
+    let mut certificates = 0;
+    for item in CertificateDer::pem_slice_iter(&bytes) {
+        item.map_err(|err| format!("client certificate `{shown}` is not valid PEM: {err}"))?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(format!(
+            "client certificate `{shown}` holds no PEM `CERTIFICATE` block"
+        ));
+    }
+    Ok(())
+}
+
+fn check_client_key(file: &Path) -> Result<(), String> {
+    let shown = file.display();
+    let metadata = std::fs::metadata(file)
+        .map_err(|err| format!("cannot read client key `{shown}`: {}", describe_io(&err)))?;
+    ensure_private("client key", file, &metadata)?;
+    let bytes = std::fs::read(file)
+        .map_err(|err| format!("cannot read client key `{shown}`: {}", describe_io(&err)))?;
+    // The PEM error says what kind of problem it is, never the key's bytes.
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map(|_| ())
+        .map_err(|err| format!("client key `{shown}` holds no usable PEM private key: {err}"))
 }
 
 fn build_redirect_map(

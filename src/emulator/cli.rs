@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ValueEnum;
 
-use super::{Emulator, EmulatorOptions, Mode, TableSpec};
+use super::{CertKind, Emulator, EmulatorOptions, Mode, TableSpec};
 
 /// Options of `sluice emulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +20,12 @@ pub struct EmulateArgs {
     /// Write the generated CA certificate (PEM) to this file, for the client's `ca_file`.
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<PathBuf>,
+
+    /// The server certificate to present, for trying `ssl_mode` and `sluice doctor`: `good`,
+    /// `unknown-issuer` (not from the CA written by `--ca-out`), `wrong-name` (for
+    /// `wrong.example`), `expired`, or `ip-only` (for 127.0.0.1 and ::1, no DNS name).
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = CertKind::Good)]
+    pub cert: CertKind,
 
     /// How long finished labels are remembered, e.g. `3d` or `10m`.
     #[arg(long, value_name = "DURATION", default_value = "3d", value_parser = humantime::parse_duration)]
@@ -60,6 +66,7 @@ pub struct EmulateArgs {
 /// bound.
 pub async fn run_cli(args: EmulateArgs) -> anyhow::Result<()> {
     let mut opts = EmulatorOptions {
+        cert: args.cert,
         empty_load_as_error: !args.accept_empty_loads,
         label_keep: args.label_keep,
         mode: args.mode,
@@ -152,7 +159,10 @@ mod tests {
             "5s",
             "--port",
             "0",
+            "--cert",
+            "wrong-name",
         ]);
+        assert_eq!(cli.args.cert, CertKind::WrongName);
         assert_eq!(cli.args.tables.len(), 2);
         assert_eq!(cli.args.mode, Mode::RedirectTlsBe);
         assert_eq!(cli.args.run_for, Some(Duration::from_secs(5)));

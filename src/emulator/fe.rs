@@ -140,6 +140,7 @@ pub(crate) fn query(req: &Request, peer: SocketAddr, state: &State, route: Route
     }
     match route {
         Route::LoadState { database } => load_state(req, state, &database),
+        Route::TableSchema { database, table } => table_schema(state, &database, &table),
         Route::EmulatorStats => Response::json(
             200,
             serde_json::to_vec_pretty(&state.stats()).unwrap_or_default(),
@@ -185,6 +186,40 @@ fn load_state(req: &Request, state: &State, database: &str) -> Response {
         RestResult::ok(Some(state.label_state(database, &label)))
     };
     Response::json(200, body)
+}
+
+/// `GET /api/{db}/{table}/_schema`, as `TableSchemaAction` answers: the HTTP status repeated
+/// in the body's `status`, an `exception` text on failure. Columns are all `VARCHAR` named
+/// `c1`, `c2`, ...: the emulator only knows how many there are.
+fn table_schema(state: &State, database: &str, table: &str) -> Response {
+    #[derive(Serialize)]
+    struct Column {
+        r#type: &'static str,
+        comment: &'static str,
+        name: String,
+    }
+    let failed = |status: u16, text: String| {
+        let body = serde_json::json!({ "status": status, "exception": text });
+        Response::json(status, to_json(&body))
+    };
+    if database.is_empty() || table.is_empty() {
+        return failed(400, "No database or table selected.".to_owned());
+    }
+    if !state.has_database(database) {
+        return failed(404, format!("Database [{database}] does not exists"));
+    }
+    let Some(columns) = state.columns(database, table) else {
+        return failed(404, format!("Table [{table}] does not exists"));
+    };
+    let properties: Vec<Column> = (1..=columns)
+        .map(|i| Column {
+            r#type: "VARCHAR",
+            comment: "",
+            name: format!("c{i}"),
+        })
+        .collect();
+    let body = serde_json::json!({ "status": 200, "properties": properties });
+    Response::json(200, to_json(&body))
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@
 //! `100 Continue`, never reads the body, and closes the connection after every load answer.
 //! `GET /api/{db}/get_load_state?label=L` answers `{"state":...,"status":"OK","code":"0",
 //! "msg":"Success","message":"OK"}`; `UNKNOWN` for unknown or expired labels.
+//! `GET /api/{db}/{table}/_schema` answers as StarRocks' `TableSchemaAction`: basic auth, then
+//! HTTP 404 `{"status":404,"exception":"Database [db] does not exists"}` (or `Table [t]`), else
+//! 200 `{"status":200,"properties":[{"type":"VARCHAR","comment":"","name":"c1"},...]}`.
 //!
 //! # BE (and the proxy)
 //!
@@ -93,6 +96,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use certs::CertKind;
 pub use cli::{EmulateArgs, run_cli};
 
 use server::{Listener, Role, Shared};
@@ -103,6 +107,12 @@ const THREE_DAYS: Duration = Duration::from_secs(3 * 24 * 3600);
 /// How the emulator is built and what it knows.
 #[derive(Clone)]
 pub struct EmulatorOptions {
+    /// Which server certificate the FE, the TLS BE and the proxy present; default
+    /// [`CertKind::Good`]. The CA handed out by [`Emulator::ca_pem`] is the same for every kind.
+    pub cert: CertKind,
+    /// Demand a client certificate (mutual TLS) on every TLS port; default false. The one the
+    /// emulator accepts is in [`Emulator::client_identity`].
+    pub client_auth: bool,
     /// Answer loads with an error when no row was loaded, like the FE config of that name;
     /// default true. When false an empty load succeeds with 0 rows.
     pub empty_load_as_error: bool,
@@ -129,6 +139,8 @@ pub struct EmulatorOptions {
 impl Default for EmulatorOptions {
     fn default() -> EmulatorOptions {
         EmulatorOptions {
+            cert: CertKind::Good,
+            client_auth: false,
             empty_load_as_error: true,
             keep_rows: 1000,
             label_keep: THREE_DAYS,
@@ -145,6 +157,8 @@ impl Default for EmulatorOptions {
 impl fmt::Debug for EmulatorOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EmulatorOptions")
+            .field("cert", &self.cert)
+            .field("client_auth", &self.client_auth)
             .field("empty_load_as_error", &self.empty_load_as_error)
             .field("keep_rows", &self.keep_rows)
             .field("label_keep", &self.label_keep)
@@ -329,6 +343,7 @@ pub enum EmulatorError {
 pub struct Emulator {
     be_addr: SocketAddr,
     ca_pem: String,
+    client: Option<certs::ClientIdentity>,
     fe_addr: SocketAddr,
     /// Dropping (or sending on) this tells every listener and connection to stop.
     shutdown: watch::Sender<()>,
@@ -353,7 +368,7 @@ impl Emulator {
     ///
     /// When a port cannot be bound or the certificates cannot be built.
     pub async fn start(opts: EmulatorOptions) -> Result<Emulator, EmulatorError> {
-        let certs = certs::generate()?;
+        let certs = certs::generate(opts.cert, opts.client_auth)?;
         let fe_listener = bind(SocketAddr::from(([127, 0, 0, 1], opts.port))).await?;
         let fe_addr = local_addr(&fe_listener)?;
         let (be_listener, be_addr) = match opts.mode {
@@ -406,6 +421,7 @@ impl Emulator {
         Ok(Emulator {
             be_addr,
             ca_pem: certs.ca_pem,
+            client: certs.client,
             fe_addr,
             shutdown,
             state,
@@ -429,9 +445,17 @@ impl Emulator {
     }
 
     /// PEM of the generated CA. The server certificate has the SANs `localhost`, `127.0.0.1`
-    /// and `::1`.
+    /// and `::1` (other names, or another issuer, by [`EmulatorOptions::cert`]).
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The client certificate and its private key (both PEM) that the emulator accepts, when
+    /// it was started with [`EmulatorOptions::client_auth`].
+    pub fn client_identity(&self) -> Option<(&str, &str)> {
+        self.client
+            .as_ref()
+            .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()))
     }
 
     /// A snapshot of tables and labels.

@@ -65,6 +65,7 @@ pub(crate) enum After {
 pub(crate) enum Route {
     StreamLoad { database: String, table: String },
     LoadState { database: String },
+    TableSchema { database: String, table: String },
     ErrorLog,
     EmulatorStats,
     EmulatorClock,
@@ -85,6 +86,10 @@ impl Route {
                 database: database.to_string(),
             },
             ("GET", ["", "api", "_load_error_log"]) => Route::ErrorLog,
+            ("GET", ["", "api", database, table, "_schema"]) => Route::TableSchema {
+                database: database.to_string(),
+                table: table.to_string(),
+            },
             ("GET", ["", "_emulator", "stats"]) => Route::EmulatorStats,
             ("POST", ["", "_emulator", "clock"]) => Route::EmulatorClock,
             ("POST", ["", "_emulator", "fault"]) => Route::EmulatorFault,
@@ -209,6 +214,7 @@ async fn exchange<S: Io>(
         (
             Role::Fe | Role::Proxy,
             route @ (Route::LoadState { .. }
+            | Route::TableSchema { .. }
             | Route::EmulatorStats
             | Route::EmulatorClock
             | Route::EmulatorFault),

@@ -169,7 +169,11 @@ fn header_value(name: &str, value: &str) -> Result<HeaderValue, UploadError> {
     })
 }
 
-async fn connect(url: &Url, addr: &str, tls: &TlsConnector) -> Result<Stream, UploadError> {
+pub(crate) async fn connect(
+    url: &Url,
+    addr: &str,
+    tls: &TlsConnector,
+) -> Result<Stream, UploadError> {
     let host = url.host_str().unwrap_or_default();
     let bare = host
         .strip_prefix('[')
@@ -202,7 +206,7 @@ async fn connect(url: &Url, addr: &str, tls: &TlsConnector) -> Result<Stream, Up
 
 /// Await `fut` while driving the connection it depends on. Once the connection has ended
 /// (`conn_done`), `fut` is awaited alone: hyper then resolves it, with an error if need be.
-async fn drive<C, F>(mut conn: Pin<&mut C>, conn_done: &mut bool, fut: F) -> F::Output
+pub(crate) async fn drive<C, F>(mut conn: Pin<&mut C>, conn_done: &mut bool, fut: F) -> F::Output
 where
     C: Future<Output = Result<(), hyper::Error>>,
     F: Future,
@@ -256,7 +260,12 @@ fn failure(addr: &str, report: &BodyReport, err: &hyper::Error) -> UploadError {
         None => UploadError::Exchange {
             addr: addr.to_owned(),
             body_may_have_been_sent,
-            cause: error_chain(err),
+            // With TLS 1.3 the server refuses a client certificate after the client thinks the
+            // handshake is done: the refusal arrives here, and deserves the same words.
+            cause: match tls::find_handshake_failure(err) {
+                Some(failure) => format!("{failure}; {}", failure.fix()),
+                None => error_chain(err),
+            },
         },
     }
 }
@@ -280,7 +289,7 @@ fn authority_header(url: &Url) -> String {
 }
 
 /// A plain or TLS connection, one type for hyper.
-enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }

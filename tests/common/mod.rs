@@ -59,6 +59,9 @@ impl WatchSpec {
     }
 }
 
+/// A change to the emulator's options, made before it starts.
+type EmulatorTweak = Box<dyn FnOnce(&mut EmulatorOptions)>;
+
 pub struct EnvBuilder {
     mode: Mode,
     watches: Vec<WatchSpec>,
@@ -69,6 +72,7 @@ pub struct EnvBuilder {
     load_delay: Duration,
     timeout: String,
     label_keep: String,
+    emulator_tweaks: Vec<EmulatorTweak>,
 }
 
 impl EnvBuilder {
@@ -83,6 +87,7 @@ impl EnvBuilder {
             load_delay: Duration::ZERO,
             timeout: "20s".into(),
             label_keep: "3d".into(),
+            emulator_tweaks: Vec::new(),
         }
     }
 
@@ -95,6 +100,12 @@ impl EnvBuilder {
     /// `cluster.label_keep`, sluice's idea of the label window.
     pub fn label_keep(mut self, keep: &str) -> EnvBuilder {
         keep.clone_into(&mut self.label_keep);
+        self
+    }
+
+    /// Changes the emulator's options (certificate, password, tables, ...) before it starts.
+    pub fn emulator(mut self, tweak: impl FnOnce(&mut EmulatorOptions) + 'static) -> EnvBuilder {
+        self.emulator_tweaks.push(Box::new(tweak));
         self
     }
 
@@ -150,13 +161,16 @@ impl EnvBuilder {
                 });
             }
         }
-        let options = EmulatorOptions {
+        let mut options = EmulatorOptions {
             tables,
             mode: self.mode,
             empty_load_as_error: self.empty_load_as_error,
             load_delay: self.load_delay,
             ..EmulatorOptions::default()
         };
+        for tweak in self.emulator_tweaks {
+            tweak(&mut options);
+        }
         let password = options.password.clone();
         let user = options.user.clone();
         let emulator = Emulator::start(options).await.unwrap();
