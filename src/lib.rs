@@ -13,6 +13,10 @@
 //! - `service`: the pipeline from a ready file to its disposal; `run` and `once`.
 //! - `emulator`: the built-in Stream Load server used by `demo`, `emulate` and the tests.
 //! - `demo`: the `sluice demo` command.
+//! - `notify`: the systemd notify protocol (ready, status, stopping, watchdog).
+//! - `metrics`: Prometheus text from a service snapshot; its HTTP server and file writer.
+//! - `progress`: the progress bar and summary table of `sluice once`.
+//! - `logging`: the log subscriber (filters, JSON, the journal's priorities).
 
 pub mod audit;
 pub mod cli;
@@ -22,6 +26,10 @@ pub mod demo;
 pub mod emulator;
 pub mod label;
 pub mod ledger;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod progress;
 pub mod service;
 pub mod tls;
 pub mod upload;
