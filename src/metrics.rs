@@ -210,7 +210,7 @@ pub fn write_file(path: &Path, text: &str) -> io::Result<()> {
 /// Serves `GET /metrics` on `listener` with the text `render` makes, until `stop` completes.
 ///
 /// Each connection carries one request (no keep-alive) and is bounded in time and size; past
-/// [`MAX_CONNECTIONS`] at once, new connections are closed unanswered. Cancel-safe: dropping
+/// 16 at once, new connections are closed unanswered. Cancel-safe: dropping
 /// the future stops accepting; connections being answered finish on their own tasks.
 pub async fn serve<R>(listener: TcpListener, render: R, stop: impl Future<Output = ()>)
 where
