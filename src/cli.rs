@@ -38,7 +38,7 @@ pub enum Command {
     /// Watch every landing folder and load files as they become ready, until SIGTERM or SIGINT.
     Run(ConfigArg),
     /// Load everything ready now, wait for every outcome, and exit.
-    Once(ConfigArg),
+    Once(OnceArgs),
     /// Validate the configuration without touching the network.
     Check(ConfigArg),
     /// Reach the cluster as loads will: DNS, TCP, TLS at `ssl_mode`, credentials, each
@@ -66,6 +66,17 @@ pub struct ConfigArg {
         default_value = "/etc/sluice/sluice.toml"
     )]
     pub config: PathBuf,
+}
+
+/// `sluice once`.
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Write Prometheus metrics of the run to this file when it ends (atomically, for the node
+    /// exporter's textfile collector: name it `*.prom`).
+    #[arg(long, env = "SLUICE_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// `sluice label`.

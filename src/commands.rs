@@ -5,16 +5,27 @@
 //! line; 3 at least one file was rejected by the cluster; 4 at least one file is unfinished
 //! (still retrying, indeterminate, or left in place by a local error). 4 wins over 3.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use tracing::info;
+use tracing::{error, info};
 
-use crate::cli::{Command, ConfigArg, LabelArgs, LedgerCommand, ResolveArgs};
+use crate::cli::{Command, ConfigArg, LabelArgs, LedgerCommand, OnceArgs, ResolveArgs};
 use crate::config::Config;
 use crate::ledger::Ledger;
-use crate::service::{Decision, Service, Summary};
-use crate::{audit, demo, doctor, emulator, label};
+use crate::metrics::{self, OnceRun};
+use crate::notify::Notifier;
+use crate::service::{Decision, Service, Snapshot, Summary};
+use crate::{audit, demo, doctor, emulator, label, progress};
+
+/// How often `run` refreshes its `STATUS=` line for `systemctl status`.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Time allowed past `load.shutdown_grace` for the ledger flush and exit, asked of systemd
+/// with `EXTEND_TIMEOUT_USEC` when the stop begins.
+const STOP_SLACK: Duration = Duration::from_secs(15);
 
 /// The process exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,19 +174,98 @@ fn open_ledger(args: &ConfigArg) -> anyhow::Result<Ledger> {
     Ok(Ledger::open(&config.ledger.path)?)
 }
 
-async fn once(args: &ConfigArg) -> anyhow::Result<Exit> {
-    let config = load_config(args)?;
+/// `sluice once`: progress while it works, the summary, and the metrics file when asked.
+///
+/// A metrics file that cannot be written is logged and turns a clean run's 0 into 1; a run
+/// with rejected or unfinished files keeps its 3 or 4, which matter more.
+async fn once(args: &OnceArgs) -> anyhow::Result<Exit> {
+    let started = Instant::now();
+    let config = load_config(&args.config)?;
     let service = Service::new(config)?;
-    let summary = service.once().await?;
-    print_summary(&summary);
-    Ok(Exit::of(&summary))
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let shown = tokio::spawn(progress::show(
+        Arc::clone(&service),
+        progress::Style::for_stderr(),
+        async {
+            let _ = done_rx.await;
+        },
+    ));
+    let result = service.once().await;
+    let _ = done_tx.send(());
+    let _ = shown.await;
+
+    let exit = match &result {
+        Ok(summary) => Exit::of(summary),
+        Err(_) => Exit::Failure,
+    };
+    let written = args.metrics_file.as_deref().map(|path| {
+        let run = OnceRun {
+            exit_code: exit as u8,
+            elapsed: started.elapsed(),
+        };
+        let text = metrics::render_once(&service.snapshot(), SystemTime::now(), run);
+        metrics::write_file(path, &text).map_err(|err| {
+            error!(path = %path.display(), error = %err, "cannot write the metrics file");
+        })
+    });
+    let summary = result?;
+    if std::io::stdout().is_terminal() {
+        print!("{}", progress::summary_table(&summary, started.elapsed()));
+    } else {
+        print_summary(&summary);
+    }
+    Ok(match written {
+        Some(Err(())) if exit == Exit::Success => Exit::Failure,
+        _ => exit,
+    })
 }
 
+/// `sluice run`: the service, with systemd notifications and the metrics server around it.
 async fn run(args: &ConfigArg) -> anyhow::Result<Exit> {
     let config = load_config(args)?;
+    let grace = config.load.shutdown_grace;
+    let watches = config.watches.len();
+    // Bound before the service starts, so that a taken port fails the start-up, not later.
+    let listener = match config.metrics.listen {
+        Some(address) => Some(
+            metrics::bind(address)
+                .await
+                .with_context(|| format!("failed to listen for metrics on `{address}`"))?,
+        ),
+        None => None,
+    };
     let service = Service::new(config)?;
+    let notifier = Arc::new(Notifier::from_env());
     let stop = shutdown_signal()?;
-    let summary = service.run(stop).await?;
+
+    let metrics_server = listener.map(|listener| {
+        let service = Arc::clone(&service);
+        tokio::spawn(metrics::serve(
+            listener,
+            move || metrics::render(&service.snapshot(), SystemTime::now()),
+            std::future::pending(),
+        ))
+    });
+    let reporter = tokio::spawn(report(Arc::clone(&service), Arc::clone(&notifier), watches));
+    let stop = {
+        let service = Arc::clone(&service);
+        let notifier = Arc::clone(&notifier);
+        async move {
+            stop.await;
+            let running = service.snapshot().loads_in_flight;
+            notifier.stopping(
+                &format!("stopping: {running} loads finishing"),
+                Some(grace + STOP_SLACK),
+            );
+        }
+    };
+    let result = service.run(stop).await;
+    reporter.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
+    let summary = result?;
     info!(
         loaded = summary.loaded,
         duplicate = summary.duplicate,
@@ -183,6 +273,65 @@ async fn run(args: &ConfigArg) -> anyhow::Result<Exit> {
         "stopped"
     );
     Ok(Exit::Success)
+}
+
+/// Tells systemd we are ready once every folder is watched, keeps `STATUS=` current, and pings
+/// the watchdog when `WatchdogSec=` is set. Runs until aborted.
+///
+/// The watchdog ping follows a `snapshot()`, which takes the service's locks, so a wedged
+/// runtime or a stuck lock stops the pings and systemd restarts the service.
+async fn report(service: Arc<Service>, notifier: Arc<Notifier>, watches: usize) {
+    let mut ready = service.ready();
+    if ready.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
+    notifier.ready(&format!("watching {}", folders(watches)));
+
+    let ping = notifier.watchdog().map(|timeout| timeout / 2);
+    let tick = ping.map_or(STATUS_EVERY, |ping| ping.min(STATUS_EVERY));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    loop {
+        interval.tick().await;
+        let status = status_line(&service.snapshot(), watches);
+        if ping.is_some() {
+            notifier.watchdog_ping();
+        }
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
+        }
+    }
+}
+
+/// `watching 3 folders; 2 loading, 5 waiting; since start: 120 loaded, 1 rejected`.
+fn status_line(snapshot: &Snapshot, watches: usize) -> String {
+    let summary = &snapshot.summary;
+    let mut line = format!(
+        "watching {}; {} loading, {} waiting; since start: {} loaded, {} \
+         duplicate, {} rejected",
+        folders(watches),
+        snapshot.loads_in_flight,
+        snapshot.files_waiting,
+        summary.loaded,
+        summary.duplicate,
+        summary.rejected,
+    );
+    let unfinished = summary.retrying + summary.indeterminate + summary.local_errors;
+    if unfinished > 0 {
+        line.push_str(&format!(", {unfinished} unfinished"));
+    }
+    line
+}
+
+/// `1 folder`, `3 folders`.
+fn folders(count: usize) -> String {
+    if count == 1 {
+        "1 folder".to_owned()
+    } else {
+        format!("{count} folders")
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once. Nothing is

@@ -28,6 +28,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub ledger: LedgerConfig,
     pub load: LoadConfig,
+    pub metrics: MetricsConfig,
     pub watches: Vec<WatchConfig>,
 }
 
@@ -183,6 +184,14 @@ pub struct LoadConfig {
     pub settle: Duration,
     /// How long running attempts may finish after SIGTERM, default 30s.
     pub shutdown_grace: Duration,
+}
+
+/// `[metrics]`: where `sluice run` serves Prometheus metrics.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// A loopback address and port (`127.0.0.1:9833`, `[::1]:9833`); `None` (the default)
+    /// serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// One `[[watch]]`: a landing directory and its target table.

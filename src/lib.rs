@@ -14,6 +14,10 @@
 //! - `emulator`: the built-in Stream Load server used by `demo`, `emulate` and the tests.
 //! - `demo`: the `sluice demo` command.
 //! - `doctor`: the `sluice doctor` command: reach the cluster, one check per line.
+//! - `notify`: the systemd notify protocol (ready, status, stopping, watchdog).
+//! - `metrics`: Prometheus text from a service snapshot; its HTTP server and file writer.
+//! - `progress`: the progress bar and summary table of `sluice once`.
+//! - `logging`: the log subscriber (filters, JSON, the journal's priorities).
 
 pub mod audit;
 pub mod cli;
@@ -24,6 +28,10 @@ pub mod doctor;
 pub mod emulator;
 pub mod label;
 pub mod ledger;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod progress;
 pub mod service;
 pub mod tls;
 pub mod upload;

@@ -57,6 +57,7 @@ pub(super) struct FileConfig {
     pub(super) cluster: Option<ClusterFile>,
     pub(super) ledger: Option<LedgerFile>,
     pub(super) load: Option<LoadFile>,
+    pub(super) metrics: Option<MetricsFile>,
     pub(super) watch: Option<Vec<WatchFile>>,
 }
 
@@ -106,6 +107,13 @@ pub(super) struct LoadFile {
     pub(super) retry_max: Option<String>,
     pub(super) settle: Option<String>,
     pub(super) shutdown_grace: Option<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MetricsFile {
+    pub(super) listen: Option<String>,
 }
 
 /// One `[[watch]]`.
@@ -333,7 +341,9 @@ mod tests {
     fn every_config_field_has_a_key_in_the_file() {
         // Exhaustive patterns: a field added to the validated types breaks this build until
         // the file shape (and with it the example) has its key.
-        use crate::config::{ClusterConfig, Config, LedgerConfig, LoadConfig, WatchConfig};
+        use crate::config::{
+            ClusterConfig, Config, LedgerConfig, LoadConfig, MetricsConfig, WatchConfig,
+        };
         let keys = accepted_keys();
         let has = |key: &str| keys.iter().any(|k| k == key);
         let check = |config: &Config| {
@@ -341,8 +351,10 @@ mod tests {
                 cluster,
                 ledger,
                 load,
+                metrics,
                 watches,
             } = config;
+            let MetricsConfig { listen: _ } = metrics;
             let ClusterConfig {
                 allow_insecure_http: _,
                 ca_file: _,
@@ -404,6 +416,7 @@ mod tests {
             "load.retry_max",
             "load.settle",
             "load.shutdown_grace",
+            "metrics.listen",
             "watch.after_load",
             "watch.column_separator",
             "watch.database",

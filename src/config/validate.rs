@@ -14,10 +14,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::document::{Document, Found, KeyPath};
 use crate::config::endpoint::{normalize_host_port, parse_endpoint};
 use crate::config::error::describe_io;
-use crate::config::file::{ClusterFile, FileConfig, LedgerFile, LoadFile, SslModeFile, defaults};
+use crate::config::file::{
+    ClusterFile, FileConfig, LedgerFile, LoadFile, MetricsFile, SslModeFile, defaults,
+};
 use crate::config::password::{ensure_private, resolve_password};
 use crate::config::{
-    ClusterConfig, Config, ConfigError, LedgerConfig, LoadConfig, Problem, Scheme, SslMode, watch,
+    ClusterConfig, Config, ConfigError, LedgerConfig, LoadConfig, MetricsConfig, Problem, Scheme,
+    SslMode, watch,
 };
 
 /// Validates `text` as the config file `origin`; see `Config::parse`.
@@ -35,6 +38,7 @@ pub(super) fn parse(
     let cluster = build_cluster(&mut checker, &root.key("cluster"), file.cluster, env);
     let ledger = build_ledger(&mut checker, &root.key("ledger"), file.ledger);
     let load = build_load(&mut checker, &root.key("load"), file.load);
+    let metrics = build_metrics(&mut checker, &root.key("metrics"), file.metrics);
     let watches = watch::build_watches(&mut checker, &root.key("watch"), file.watch);
 
     let problems = checker.problems;
@@ -43,6 +47,7 @@ pub(super) fn parse(
             cluster,
             ledger,
             load,
+            metrics,
             watches,
         }),
         _ => Err(ConfigError::new(origin, problems)),
@@ -498,4 +503,43 @@ fn build_load(checker: &mut Checker<'_>, path: &KeyPath, load: Option<LoadFile>)
         settle,
         shutdown_grace,
     }
+}
+
+/// The metrics listener must be a loopback address with a port: the metrics are not secret,
+/// but they tell anyone who can reach them what is loaded and when, and the service is not
+/// meant to take connections from the network. A scraper on another host reads them through a
+/// proxy on this one, or from `sluice once --metrics-file` via the node exporter.
+fn build_metrics(
+    checker: &mut Checker<'_>,
+    path: &KeyPath,
+    metrics: Option<MetricsFile>,
+) -> MetricsConfig {
+    let key = path.key("listen");
+    let Some(text) = metrics.and_then(|metrics| metrics.listen) else {
+        return MetricsConfig::default();
+    };
+    let trimmed = text.trim();
+    let localhost = trimmed
+        .strip_prefix("localhost:")
+        .map(|port| format!("127.0.0.1:{port}"));
+    let parsed = localhost
+        .as_deref()
+        .unwrap_or(trimmed)
+        .parse::<std::net::SocketAddr>();
+    let why = match parsed {
+        Err(_) => format!(
+            "`{text}` is not an address and port: write it like `127.0.0.1:9833` or `[::1]:9833`"
+        ),
+        Ok(address) if !address.ip().is_loopback() => format!(
+            "`{text}` is not a loopback address: metrics are served on 127.0.0.1 or ::1 only"
+        ),
+        Ok(address) if address.port() == 0 => format!("`{text}` needs a port other than 0"),
+        Ok(address) => {
+            return MetricsConfig {
+                listen: Some(address),
+            };
+        }
+    };
+    checker.report(&key, why);
+    MetricsConfig::default()
 }

@@ -119,6 +119,14 @@ pub struct Snapshot {
     pub last_success: Option<SystemTime>,
     /// Records in the ledger (all time).
     pub ledger_records: u64,
+    /// Files a `once` run found to work on (its scan plus files resumed from working folders),
+    /// once its scan is done; `None` before that and in `run`.
+    pub planned_files: Option<u64>,
+    /// The bytes of those files.
+    pub planned_bytes: u64,
+    /// Files of the scan that were not taken: kept files already handled, files gone before
+    /// their claim. With `summary`, they make up `planned_files` at the end.
+    pub passed_over: u64,
 }
 
 /// The loading service. Shared in an `Arc` by every file task.
@@ -148,6 +156,11 @@ pub struct Service {
     waits_for_credentials: AtomicBool,
     summary: Mutex<Summary>,
     digested: AtomicU64,
+    /// Becomes true in `run` once every watch directory is watched; see [`Service::ready`].
+    ready: tokio::sync::watch::Sender<bool>,
+    /// Files and bytes a `once` run plans to work on, set after its scan.
+    planned: Mutex<Option<(u64, u64)>>,
+    passed_over: AtomicU64,
 }
 
 impl Service {
@@ -176,6 +189,9 @@ impl Service {
             waits_for_credentials: AtomicBool::new(false),
             summary: Mutex::new(Summary::default()),
             digested: AtomicU64::new(0),
+            ready: tokio::sync::watch::Sender::new(false),
+            planned: Mutex::new(None),
+            passed_over: AtomicU64::new(0),
         }))
     }
 
@@ -194,14 +210,27 @@ impl Service {
         let limit = Arc::new(Semaphore::new(
             self.config.load.max_in_flight + EXTRA_HANDLERS,
         ));
-        for taken in self.recover_working_files() {
+        let recovered = self.recover_working_files();
+        let recovered_files = recovered.len() as u64;
+        let recovered_bytes: u64 = recovered
+            .iter()
+            .map(|taken| fs::metadata(&taken.working).map_or(0, |meta| meta.len()))
+            .sum();
+        for taken in recovered {
             self.spawn(&mut tasks, &limit, taken).await;
         }
         let candidates = watch::scan_ready(&self.config.watches, self.config.load.settle).await?;
         info!(files = candidates.len(), "scanned landing folders");
+        let scanned_bytes: u64 = candidates.iter().map(|candidate| candidate.size).sum();
+        *self.planned.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+            recovered_files + candidates.len() as u64,
+            recovered_bytes + scanned_bytes,
+        ));
         for candidate in candidates {
             if let Some(taken) = self.take(&candidate) {
                 self.spawn(&mut tasks, &limit, taken).await;
+            } else {
+                self.passed_over.fetch_add(1, Ordering::Relaxed);
             }
         }
         while tasks.join_next().await.is_some() {}
@@ -231,6 +260,7 @@ impl Service {
         let (discovery, mut candidates) =
             Discovery::start(&self.config.watches, &self.config.load)?;
         info!(watches = self.config.watches.len(), "sluice is running");
+        self.ready.send_replace(true);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -266,6 +296,12 @@ impl Service {
         Ok(self.summary())
     }
 
+    /// Whether `run` is watching every folder yet: it turns true once (after the watchers are
+    /// in place and the start-up scan is under way), for readiness notifications.
+    pub fn ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
     /// What this service did so far.
     pub fn summary(&self) -> Summary {
         let mut summary = self
@@ -283,7 +319,11 @@ impl Service {
             let active = self.lock_active();
             (active.len() as u64, active.values().min().copied())
         };
+        let planned = *self.planned.lock().unwrap_or_else(PoisonError::into_inner);
         Snapshot {
+            planned_files: planned.map(|(files, _)| files),
+            planned_bytes: planned.map_or(0, |(_, bytes)| bytes),
+            passed_over: self.passed_over.load(Ordering::Relaxed),
             summary: self.summary(),
             loads_in_flight: self.loads_now.load(Ordering::Relaxed),
             files_waiting,
