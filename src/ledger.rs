@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use thiserror::Error;
 
 /// Errors of the ledger. None of them is worth retrying at once: the caller stops the file.
@@ -179,6 +180,8 @@ pub struct Ledger {
     /// Ids of records not yet in a terminal state, so that start-up finds unfinished work
     /// without reading every record.
     open: sled::Tree,
+    /// This ledger's instance id, made once when the ledger is created.
+    instance: String,
 }
 
 impl Ledger {
@@ -206,7 +209,12 @@ impl Ledger {
                 source,
             })
         };
+        let instance = instance_id(&db).map_err(|source| LedgerError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Ledger {
+            instance,
             records: open("records")?,
             digests: open("digests")?,
             paths: open("paths")?,
@@ -365,6 +373,11 @@ impl Ledger {
         })
     }
 
+    /// This ledger's instance id (12 hex digits), stable for the life of the ledger.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -373,6 +386,28 @@ impl Ledger {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+}
+
+/// The id of this ledger, created with it and kept for good: it names the working folder of
+/// the sluice instance that owns the ledger, so that several instances sharing one landing
+/// folder never take each other's claimed files.
+fn instance_id(db: &sled::Db) -> Result<String, sled::Error> {
+    const KEY: &[u8] = b"instance";
+    if let Some(id) = db.get(KEY)? {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    let seed = format!(
+        "{:?}{}{}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        db.generate_id()?
+    );
+    let digest = sha2::Sha256::digest(seed.as_bytes());
+    let id: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    // Two racing creators cannot exist: sled holds the ledger's lock.
+    db.insert(KEY, id.as_bytes())?;
+    db.flush()?;
+    Ok(id)
 }
 
 fn is_lock_error(err: &sled::Error) -> bool {

@@ -175,7 +175,7 @@ async fn an_attempt_cut_short_by_shutdown_is_resolved_at_the_next_start() {
     assert_eq!(record.status, Status::Submitting);
     assert_eq!(record.attempts[0].outcome.as_deref(), Some("cut_short"));
     assert_eq!(
-        files_in(&env.landing("planes").join(".sluice-work")),
+        common::working_files(&env.landing("planes")),
         vec!["planes.csv"]
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -339,7 +339,7 @@ async fn refused_credentials_pause_loads_and_mark_no_file_rejected() {
     let record = records(&env).pop().unwrap();
     assert_eq!(record.status, Status::Retrying);
     assert_eq!(
-        files_in(&env.landing("planes").join(".sluice-work")),
+        common::working_files(&env.landing("planes")),
         vec!["planes.csv"]
     );
 

@@ -235,7 +235,7 @@ async fn a_plain_http_redirect_is_refused_and_the_file_kept() {
         0,
         "nothing reached a BE"
     );
-    let working = files_in(&env.landing("airlines").join(".sluice-work"));
+    let working = common::working_files(&env.landing("airlines"));
     assert_eq!(
         working,
         vec!["a.csv"],

@@ -303,7 +303,7 @@ fn assert_nothing_lost(env: &Env, dropped: &BTreeSet<String>) -> (usize, usize) 
     let done: BTreeSet<String> = files_in(&landing.join("done")).into_iter().collect();
     let waiting: BTreeSet<String> = files_in(&landing)
         .into_iter()
-        .chain(files_in(&landing.join(".sluice-work")))
+        .chain(common::working_files(&landing))
         .collect();
     assert!(done.is_disjoint(&waiting), "{done:?} {waiting:?}");
     let all: BTreeSet<String> = done.union(&waiting).cloned().collect();

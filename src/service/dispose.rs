@@ -7,20 +7,18 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::WatchConfig;
-
-/// Moves `path` into the watch's working folder and returns where it now is.
+/// Moves `path` into `work_dir` (this instance's working folder) and returns where it now is.
 ///
 /// # Errors
 ///
 /// `NotFound` when the file is gone (another scan or process claimed it first); any other
 /// error of creating the working folder or renaming.
-pub(crate) fn claim(watch: &WatchConfig, path: &Path) -> io::Result<PathBuf> {
-    fs::create_dir_all(&watch.work_dir)?;
+pub(crate) fn claim(work_dir: &Path, path: &Path) -> io::Result<PathBuf> {
+    fs::create_dir_all(work_dir)?;
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("path has no file name"))?;
-    let dest = free_name(&watch.work_dir, Path::new(name))?;
+    let dest = free_name(work_dir, Path::new(name))?;
     fs::rename(path, &dest)?;
     Ok(dest)
 }

@@ -404,7 +404,7 @@ impl Service {
                 working: candidate.path.clone(),
             });
         }
-        match dispose::claim(watch, &candidate.path) {
+        match dispose::claim(&self.work_dir(watch), &candidate.path) {
             Ok(working) => {
                 self.lock_active()
                     .insert(working.clone(), SystemTime::now());
@@ -454,7 +454,7 @@ impl Service {
             if watch.after_load == AfterLoad::Keep {
                 continue;
             }
-            let Ok(entries) = fs::read_dir(&watch.work_dir) else {
+            let Ok(entries) = fs::read_dir(self.work_dir(watch)) else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -474,6 +474,11 @@ impl Service {
             }
         }
         found
+    }
+
+    /// This instance's working folder of `watch`: `work_dir/<ledger instance id>`.
+    pub fn work_dir(&self, watch: &crate::config::WatchConfig) -> PathBuf {
+        watch.work_dir.join(self.ledger.instance())
     }
 
     fn digest_lock(&self, target: &str, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {

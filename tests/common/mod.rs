@@ -320,3 +320,15 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Files claimed into the working folders of a landing folder (every instance's).
+pub fn working_files(landing: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(entries) = fs::read_dir(landing.join(".sluice-work")) {
+        for entry in entries.flatten() {
+            names.extend(files_in(&entry.path()));
+        }
+    }
+    names.sort();
+    names
+}
