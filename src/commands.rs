@@ -7,6 +7,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -237,7 +238,7 @@ async fn run(args: &ConfigArg) -> anyhow::Result<Exit> {
     };
     let service = Service::new(config)?;
     let notifier = Arc::new(Notifier::from_env());
-    let stop = shutdown_signal()?;
+    let (stop, reload) = shutdown_signal()?;
 
     let metrics_server = listener.map(|listener| {
         let service = Arc::clone(&service);
@@ -262,10 +263,18 @@ async fn run(args: &ConfigArg) -> anyhow::Result<Exit> {
     };
     let result = service.run(stop).await;
     reporter.abort();
+    let _ = reporter.await;
     if let Some(server) = metrics_server {
         server.abort();
+        let _ = server.await;
     }
     let summary = result?;
+    if reload.load(Ordering::SeqCst) {
+        // The ledger's lock goes with the last handle on the service; the new process takes it.
+        drop(service);
+        notifier.status("reloading: restarting with the configuration as it is now");
+        return Err(restart_self());
+    }
     info!(
         loaded = summary.loaded,
         duplicate = summary.duplicate,
@@ -334,18 +343,26 @@ fn folders(count: usize) -> String {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once. Nothing is
-/// lost by that: every step the ledger depends on was flushed when it happened.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+/// Resolves on the first SIGTERM, SIGINT or SIGHUP; a second signal ends the process at once.
+/// Nothing is lost by that: every step the ledger depends on was flushed when it happened.
+/// The flag says whether the stop was a SIGHUP, after which `run` starts itself again.
+fn shutdown_signal() -> anyhow::Result<(impl std::future::Future<Output = ()>, Arc<AtomicBool>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("failed to install signal handlers")?;
+    let reload = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let flag = Arc::clone(&reload);
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for signal in signals.forever() {
             match tx.take() {
+                Some(tx) if signal == SIGHUP => {
+                    info!("reload requested: finishing running loads, then restarting");
+                    flag.store(true, Ordering::SeqCst);
+                    let _ = tx.send(());
+                }
                 Some(tx) => {
                     info!(signal, "stop requested; a second signal stops at once");
                     let _ = tx.send(());
@@ -354,9 +371,24 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             }
         }
     });
-    Ok(async move {
+    let stopped = async move {
         let _ = rx.await;
-    })
+    };
+    Ok((stopped, reload))
+}
+
+/// Replaces this process with a fresh `sluice` of the same arguments, which reads the
+/// configuration again. Only returns on failure.
+fn restart_self() -> anyhow::Error {
+    use std::os::unix::process::CommandExt as _;
+
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => return anyhow::Error::new(err).context("cannot find the sluice binary"),
+    };
+    let err = std::process::Command::new(&exe).args(args).exec();
+    anyhow::Error::new(err).context(format!("failed to restart `{}`", exe.display()))
 }
 
 /// The end-of-run table of `once`.
