@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Kills `sluice run` with SIGKILL at random moments while it loads a backlog, ROUNDS times,
 # then lets `sluice once` finish, and checks with the emulator's own counts that every file
-# was committed exactly once and no file was lost.
+# was committed exactly once and no file was lost. Half the backlog is there at the start; the
+# rest arrives a few files per round, and every load takes 150 ms on the emulator, so kills
+# land before, during and after loads, claims and ledger writes.
 #
 #   scripts/crash-loop.sh [ROUNDS=100] [FILES=200]
 #
@@ -27,7 +29,7 @@ umask 077
 printf 'crash-loop-pw' > password
 printf 'machine localhost login root password crash-loop-pw\n' > netrc
 "$BIN" emulate --mode redirect-tls-be --table db.flights:3 --password-file password \
-    --ca-out ca.pem --for 1h > emulator.out 2> emulator.log &
+    --load-delay 150ms --ca-out ca.pem --for 1h > emulator.out 2> emulator.log &
 EMU_PID=$!
 for _ in $(seq 100); do grep -q '^mode=' emulator.out 2>/dev/null && break; sleep 0.1; done
 ENDPOINT=$(sed -n 's/^endpoint=//p' emulator.out)
@@ -55,13 +57,21 @@ table = "flights"
 column_separator = ","
 EOF
 
-for i in $(seq -w 1 "$FILES"); do
-    printf '%s,%s,%s\n' "$i" "row-$i" "$RANDOM" > "landing/.f$i.part"
-    mv "landing/.f$i.part" "landing/f$i.csv"
-done
+next=1
+drop_files() {
+    local n=$1
+    while [ "$n" -gt 0 ] && [ "$next" -le "$FILES" ]; do
+        printf '%s,%s,%s\n' "$next" "row-$next" "$RANDOM" > "landing/.f$next.part"
+        mv "landing/.f$next.part" "landing/f$next.csv"
+        next=$((next + 1)); n=$((n - 1))
+    done
+}
+drop_files $(( FILES / 2 ))
+per_round=$(( (FILES - FILES / 2 + ROUNDS - 1) / ROUNDS ))
 
 kills=0
 for round in $(seq 1 "$ROUNDS"); do
+    drop_files "$per_round"
     RUST_LOG=error "$BIN" run --config sluice.toml 2>> run.log &
     pid=$!
     # 50 to 800 ms: sometimes before the first load, often in the middle of one.

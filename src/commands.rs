@@ -149,7 +149,7 @@ fn print_label(args: &LabelArgs) -> anyhow::Result<Exit> {
 }
 
 fn resolve(args: &ResolveArgs) -> anyhow::Result<Exit> {
-    let config = load_config(&args.config)?;
+    let config = Config::load_without_password(&args.config.config)?;
     let decision = if args.reload {
         Decision::Reload
     } else {
@@ -171,7 +171,7 @@ fn resolve(args: &ResolveArgs) -> anyhow::Result<Exit> {
 }
 
 fn open_ledger(args: &ConfigArg) -> anyhow::Result<Ledger> {
-    let config = load_config(args)?;
+    let config = Config::load_without_password(&args.config)?;
     Ok(Ledger::open(&config.ledger.path)?)
 }
 

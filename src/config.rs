@@ -49,7 +49,33 @@ impl Config {
                 format!("cannot read config file: {}", error::describe_io(&err)),
             )
         })?;
-        Config::parse(&text, path, &|name| std::env::var(name).ok())
+        validate::parse(
+            &text,
+            path,
+            &|name| std::env::var(name).ok(),
+            validate::Password::Resolve,
+        )
+    }
+
+    /// Like [`Config::load`] but without reading the password: for commands that only read
+    /// the ledger, so that auditors need no access to the secret. The password is empty.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Config::load`], less the password's problems.
+    pub fn load_without_password(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::single(
+                path,
+                format!("cannot read config file: {}", error::describe_io(&err)),
+            )
+        })?;
+        validate::parse(
+            &text,
+            path,
+            &|name| std::env::var(name).ok(),
+            validate::Password::Skip,
+        )
     }
 
     /// Validates `text` as the config file `origin` and resolves the password.
@@ -67,7 +93,7 @@ impl Config {
         origin: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        validate::parse(text, origin, env)
+        validate::parse(text, origin, env, validate::Password::Resolve)
     }
 }
 

@@ -20,14 +20,24 @@ use crate::config::file::{
 use crate::config::password::{ensure_private, resolve_password};
 use crate::config::{
     ClusterConfig, Config, ConfigError, LedgerConfig, LoadConfig, MetricsConfig, Problem, Scheme,
-    SslMode, watch,
+    Secret, SslMode, watch,
 };
+
+/// Whether the password is read while validating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Password {
+    Resolve,
+    /// For commands that never reach the cluster (the ledger's readers), so that auditors
+    /// need no access to the secret.
+    Skip,
+}
 
 /// Validates `text` as the config file `origin`; see `Config::parse`.
 pub(super) fn parse(
     text: &str,
     origin: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    password: Password,
 ) -> Result<Config, ConfigError> {
     let document = Document::parse(text)
         .map_err(|found| ConfigError::new(origin, found.into_iter().map(problem_of).collect()))?;
@@ -35,7 +45,13 @@ pub(super) fn parse(
     let mut checker = Checker::new(&document, config_dir(origin), refused);
 
     let root = KeyPath::root();
-    let cluster = build_cluster(&mut checker, &root.key("cluster"), file.cluster, env);
+    let cluster = build_cluster(
+        &mut checker,
+        &root.key("cluster"),
+        file.cluster,
+        env,
+        password,
+    );
     let ledger = build_ledger(&mut checker, &root.key("ledger"), file.ledger);
     let load = build_load(&mut checker, &root.key("load"), file.load);
     let metrics = build_metrics(&mut checker, &root.key("metrics"), file.metrics);
@@ -189,6 +205,7 @@ fn build_cluster(
     path: &KeyPath,
     cluster: Option<ClusterFile>,
     env: &dyn Fn(&str) -> Option<String>,
+    password: Password,
 ) -> Option<ClusterConfig> {
     let Some(cluster) = cluster else {
         if !checker.is_refused(path) {
@@ -222,7 +239,10 @@ fn build_cluster(
         });
 
     let user = build_user(checker, &path.key("user"), cluster.user.as_deref());
-    let password = resolve_password(checker, path, &cluster, env);
+    let password = match password {
+        Password::Resolve => resolve_password(checker, path, &cluster, env),
+        Password::Skip => Secret::default(),
+    };
     let ca_file = cluster
         .ca_file
         .as_deref()

@@ -31,6 +31,11 @@ pub struct EmulateArgs {
     #[arg(long, value_name = "DURATION", default_value = "3d", value_parser = humantime::parse_duration)]
     pub label_keep: Duration,
 
+    /// Extra time every load takes before its body is read, e.g. `100ms`: makes loads overlap
+    /// and crashes land mid-load in fault drills. Default none.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub load_delay: Option<Duration>,
+
     /// Where the BE is: `redirect` (307 to plain http), `redirect-tls-be` (307 to https) or
     /// `proxy` (one https port that loads directly).
     #[arg(long, value_enum, default_value_t = Mode::Redirect)]
@@ -69,6 +74,7 @@ pub async fn run_cli(args: EmulateArgs) -> anyhow::Result<()> {
         cert: args.cert,
         empty_load_as_error: !args.accept_empty_loads,
         label_keep: args.label_keep,
+        load_delay: args.load_delay.unwrap_or_default(),
         mode: args.mode,
         port: args.port,
         tables: args.tables.clone(),
