@@ -183,6 +183,16 @@ async fn once(args: &OnceArgs) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let config = load_config(&args.config)?;
     let service = Service::new(config)?;
+    // A stop request (the timer unit stopped, Ctrl-C) takes no new files and lets running
+    // attempts end at their next safe point; files not taken stay for the next run.
+    let (stop, _) = shutdown_signal()?;
+    let stopper = {
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            stop.await;
+            service.begin_stop();
+        })
+    };
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let shown = tokio::spawn(progress::show(
@@ -193,6 +203,7 @@ async fn once(args: &OnceArgs) -> anyhow::Result<Exit> {
         },
     ));
     let result = service.once().await;
+    stopper.abort();
     let _ = done_tx.send(());
     let _ = shown.await;
 

@@ -227,6 +227,9 @@ impl Service {
             recovered_bytes + scanned_bytes,
         ));
         for candidate in candidates {
+            if self.is_stopping() {
+                break;
+            }
             if let Some(taken) = self.take(&candidate) {
                 self.spawn(&mut tasks, &limit, taken).await;
             } else {
