@@ -7,6 +7,9 @@
 #
 #   scripts/crash-loop.sh [ROUNDS=100] [FILES=200]
 #
+# LOAD_DELAY (150ms) sets how long each load takes on the emulator; KEEP=1 keeps the work
+# folder (configs, ledger, logs) for a look afterwards; EMULATOR_LOG=debug logs its requests.
+#
 # Loopback only: the emulator listens on 127.0.0.1 and stops by itself after an hour.
 set -euo pipefail
 
@@ -20,7 +23,7 @@ WORK=$(mktemp -d -t sluice-crash-XXXXXX)
 EMU_PID=
 cleanup() {
     [ -n "$EMU_PID" ] && kill "$EMU_PID" 2>/dev/null || true
-    rm -rf "$WORK"
+    [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -28,8 +31,8 @@ cd "$WORK"
 umask 077
 printf 'crash-loop-pw' > password
 printf 'machine localhost login root password crash-loop-pw\n' > netrc
-"$BIN" emulate --mode redirect-tls-be --table db.flights:3 --password-file password \
-    --load-delay 150ms --ca-out ca.pem --for 1h > emulator.out 2> emulator.log &
+RUST_LOG=${EMULATOR_LOG:-warn} "$BIN" emulate --mode redirect-tls-be --table db.flights:3 --password-file password \
+    --load-delay ${LOAD_DELAY:-150ms} --ca-out ca.pem --for 1h > emulator.out 2> emulator.log &
 EMU_PID=$!
 for _ in $(seq 100); do grep -q '^mode=' emulator.out 2>/dev/null && break; sleep 0.1; done
 ENDPOINT=$(sed -n 's/^endpoint=//p' emulator.out)
@@ -90,6 +93,7 @@ once_status=$?
 set -e
 
 stats=$(curl -sS --netrc-file netrc --cacert ca.pem "$ENDPOINT/_emulator/stats")
+"$BIN" ledger export --config sluice.toml > ledger.jsonl
 python3 - "$FILES" "$once_status" "$kills" <<PY
 import json, os, sys
 files, once_status, kills = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -100,6 +104,11 @@ attempts = sum(l["attempts"] for l in labels.values())
 rows = stats["tables"]["db.flights"]["rows"]
 done = len(os.listdir("landing/done")) if os.path.isdir("landing/done") else 0
 left = [f for f in os.listdir("landing") if os.path.isfile(os.path.join("landing", f))]
+records = [json.loads(l) for l in open("ledger.jsonl")]
+retried = sum(1 for r in records if r["attempts"] > 1)
+lost = sum(1 for r in records if "answer was lost" in (r["message"] or ""))
+print(f"ledger: {len(records)} records; {retried} with more than one attempt, {lost} whose "
+      f"answer a kill cut off and that were resolved by label without resending")
 print(f"kills: {kills}, labels: {len(labels)}, commits per label: min {min(commits)} "
       f"max {max(commits)}, attempts seen by the cluster: {attempts}, rows: {rows}, "
       f"files done: {done}, left in landing: {len(left)}, final once exit: {once_status}")
