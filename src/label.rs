@@ -79,7 +79,8 @@ pub fn max_prefix_len() -> usize {
     MAX_LABEL_LEN - 64 - 1 - TARGET_HASH_LEN
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {

@@ -77,6 +77,11 @@ pub struct LoadRequest<'a> {
     pub file: Arc<File>,
     /// Bytes to send (the digested length); the Content-Length.
     pub len: u64,
+    /// The digest the bytes must have. When set, the body is hashed as it is read and the
+    /// last chunk is withheld if the bytes differ, so that the cluster sees a short body and
+    /// commits nothing: a file changed after it was digested is never loaded under the old
+    /// digest's label.
+    pub sha256: Option<&'a str>,
 }
 
 /// Why an attempt (or a query) ended without an answer from the cluster.
@@ -104,6 +109,8 @@ pub enum UploadError {
         read: u64,
         body_may_have_been_sent: bool,
     },
+    #[error("the file's bytes changed after it was digested: not loaded under the old label")]
+    FileAltered { body_may_have_been_sent: bool },
     #[error("`{url}` answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
     #[error(
@@ -153,6 +160,9 @@ impl UploadError {
             | UploadError::FileChanged {
                 body_may_have_been_sent,
                 ..
+            }
+            | UploadError::FileAltered {
+                body_may_have_been_sent,
             }
             | UploadError::ReadFile {
                 body_may_have_been_sent,

@@ -361,3 +361,43 @@ async fn at_most_max_in_flight_loads_run_at_once() {
         stats.max_concurrent_loads
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_differ_from_the_digest_are_never_committed_under_its_label() {
+    use sluice::upload::{LoadRequest, UploadError, Uploader};
+
+    let env = EnvBuilder::new()
+        .watch(WatchSpec::new("airlines", 2))
+        .start()
+        .await;
+    let uploader = Uploader::new(&env.config().cluster).unwrap();
+    let text = fs::read(format!("{}/airlines.csv", common::DATA)).unwrap();
+    let (digest, len) = sluice::label::digest_reader(&mut &text[..]).unwrap();
+    // The file on disk was rewritten in place after it was digested: same length, other bytes.
+    let altered = String::from_utf8(text).unwrap().replace("AA", "ZZ");
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(altered.as_bytes()).unwrap();
+    let headers = vec![
+        ("column_separator".to_owned(), ",".to_owned()),
+        ("skip_header".to_owned(), "1".to_owned()),
+    ];
+    let label = sluice::label::label_for("sluice_", "db", "airlines", &digest);
+    let request = LoadRequest {
+        database: "db",
+        table: "airlines",
+        label: &label,
+        headers: &headers,
+        file: Arc::new(file),
+        len,
+        sha256: Some(&digest),
+    };
+
+    let result = uploader.load(&request).await;
+
+    assert!(
+        matches!(result, Err(UploadError::FileAltered { .. })),
+        "{result:?}"
+    );
+    assert_eq!(env.rows("airlines"), 0);
+    assert_eq!(env.commits("airlines"), 0);
+}

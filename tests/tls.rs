@@ -43,6 +43,7 @@ async fn load(uploader: &Uploader, label: &str) -> Result<Verdict, (String, Uplo
         headers: &headers,
         file: Arc::new(file),
         len: ROWS.len() as u64,
+        sha256: None,
     };
     match tokio::time::timeout(Duration::from_secs(30), uploader.load(&request))
         .await

@@ -96,6 +96,7 @@ async fn load(
         headers: &headers,
         file: Arc::new(file.reopen().unwrap()),
         len,
+        sha256: None,
     };
     uploader.load(&req).await
 }

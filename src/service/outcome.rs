@@ -45,6 +45,9 @@ pub(crate) enum Step {
     /// Stop for this run without a terminal state: something only an operator can fix (a
     /// redirect to plain http refused). The file stays in the working folder.
     Hold(Record),
+    /// The file's bytes changed after they were digested: nothing was committed under the
+    /// label; the file goes back to be taken again as new bytes.
+    Changed(Record),
 }
 
 impl Service {
@@ -118,6 +121,13 @@ impl Service {
                 record.status = Status::Retrying;
                 record.message = Some(reason);
                 Step::Hold(record.clone())
+            }
+            UploadError::FileAltered { .. } | UploadError::FileChanged { .. } => {
+                warn!(label = %record.label, path = %record.path.display(),
+                    "file changed after it was digested; taken again as new bytes");
+                record.status = Status::Retrying;
+                record.message = Some(reason);
+                Step::Changed(record.clone())
             }
             UploadError::AuthRefused { ref message, .. } => {
                 self.refuse_credentials(message);

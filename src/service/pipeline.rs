@@ -142,7 +142,9 @@ impl Service {
             let reason = "attempt left unfinished by an earlier run".to_owned();
             match self.resolve_unknown(watch, &mut record, reason).await {
                 Step::Done(done) => return self.finish(watch, taken, done, started),
-                Step::Pause(held) | Step::Hold(held) => return self.hold(held),
+                Step::Pause(held) | Step::Hold(held) | Step::Changed(held) => {
+                    return self.hold(held);
+                }
                 Step::Retry { .. } => {}
             }
         }
@@ -170,6 +172,13 @@ impl Service {
             match self.attempt(watch, &mut record, &file, number).await? {
                 Step::Done(done) => return self.finish(watch, taken, done, started),
                 Step::Hold(held) => return self.hold(held),
+                Step::Changed(changed) => {
+                    self.ledger.put(&changed)?;
+                    if taken.working != taken.original {
+                        dispose::unclaim(&taken.working, &taken.original)?;
+                    }
+                    return Ok(FileOutcome::Skipped);
+                }
                 Step::Pause(paused) => {
                     self.ledger.put(&paused)?;
                     record = paused;
@@ -243,6 +252,7 @@ impl Service {
             headers: &headers,
             file: Arc::clone(file),
             len: record.bytes,
+            sha256: Some(&record.sha256),
         };
         let sent_at = Instant::now();
         let result = {

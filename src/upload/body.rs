@@ -92,6 +92,8 @@ impl Gate {
 pub(crate) enum BodyFailure {
     #[error("the file ended after {read} of {expected} bytes")]
     FileChanged { expected: u64, read: u64 },
+    #[error("the bytes read differ from the digest")]
+    Altered,
     #[error("reading the file failed: {0}")]
     Read(io::Error),
 }
@@ -132,6 +134,8 @@ impl BodyReport {
 pub(crate) struct FileBody {
     file: Arc<File>,
     len: u64,
+    /// The digest the bytes must have, checked before the last chunk leaves.
+    sha256: Option<String>,
     sent: u64,
     gate: Arc<Gate>,
     report: Arc<BodyReport>,
@@ -153,7 +157,12 @@ enum Phase {
 
 impl FileBody {
     /// The body for `len` bytes of `file` from offset 0, and the gate that holds it back.
-    pub(crate) fn new(file: Arc<File>, len: u64, report: Arc<BodyReport>) -> (FileBody, Arc<Gate>) {
+    pub(crate) fn new(
+        file: Arc<File>,
+        len: u64,
+        sha256: Option<String>,
+        report: Arc<BodyReport>,
+    ) -> (FileBody, Arc<Gate>) {
         let (wake, continued) = oneshot::channel();
         let gate = Arc::new(Gate {
             state: AtomicU8::new(HOLD),
@@ -162,6 +171,7 @@ impl FileBody {
         let body = FileBody {
             file,
             len,
+            sha256,
             sent: 0,
             gate: gate.clone(),
             report,
@@ -200,8 +210,8 @@ impl FileBody {
 
     fn start_reader(&mut self) {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let (file, len) = (self.file.clone(), self.len);
-        tokio::task::spawn_blocking(move || read_chunks(&file, len, &tx));
+        let (file, len, sha256) = (self.file.clone(), self.len, self.sha256.clone());
+        tokio::task::spawn_blocking(move || read_chunks(&file, len, sha256.as_deref(), &tx));
         self.phase = Phase::Streaming(rx);
     }
 
@@ -279,7 +289,15 @@ impl Body for FileBody {
 ///
 /// Chunk buffers come back to a pool when hyper drops them, so each is allocated and zeroed
 /// once per body instead of once per chunk (zeroing cost about half as much as the read).
-fn read_chunks(file: &File, len: u64, tx: &mpsc::Sender<Result<Bytes, BodyFailure>>) {
+fn read_chunks(
+    file: &File,
+    len: u64,
+    sha256: Option<&str>,
+    tx: &mpsc::Sender<Result<Bytes, BodyFailure>>,
+) {
+    use sha2::Digest as _;
+
+    let mut hasher = sha256.map(|_| sha2::Sha256::new());
     let (home, pool) = std_mpsc::channel::<Vec<u8>>();
     let mut offset = 0u64;
     while offset < len {
@@ -306,6 +324,17 @@ fn read_chunks(file: &File, len: u64, tx: &mpsc::Sender<Result<Bytes, BodyFailur
             }
         }
         offset += want as u64;
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&buf[..want]);
+        }
+        if offset >= len
+            && let (Some(hasher), Some(expected)) = (hasher.take(), sha256)
+            && crate::label::hex(&hasher.finalize()) != expected
+        {
+            // Withhold the last chunk: the server sees a short body and commits nothing.
+            let _ = tx.blocking_send(Err(BodyFailure::Altered));
+            return;
+        }
         let chunk = Bytes::from_owner(PooledChunk {
             buf,
             len: want,

@@ -120,7 +120,8 @@ fn build_request(hop: &Hop<'_>) -> Result<(Request<FileBody>, Arc<Gate>), Upload
         target.push_str(query);
     }
 
-    let (body, gate) = FileBody::new(req.file.clone(), req.len, hop.report.clone());
+    let expected = req.sha256.map(str::to_owned);
+    let (body, gate) = FileBody::new(req.file.clone(), req.len, expected, hop.report.clone());
     let mut request = Request::builder()
         .method(Method::PUT)
         .uri(target.as_str())
@@ -251,6 +252,9 @@ fn failure(addr: &str, report: &BodyReport, err: &hyper::Error) -> UploadError {
         Some(BodyFailure::FileChanged { expected, read }) => UploadError::FileChanged {
             expected,
             read,
+            body_may_have_been_sent,
+        },
+        Some(BodyFailure::Altered) => UploadError::FileAltered {
             body_may_have_been_sent,
         },
         Some(BodyFailure::Read(cause)) => UploadError::ReadFile {
