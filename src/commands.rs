@@ -407,12 +407,13 @@ pub fn print_summary(summary: &Summary) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "loaded {} ({} rows, {} bytes), duplicate {}, rejected {}, unfinished {}",
+        "loaded {} ({} rows, {} bytes), duplicate {}, rejected {}, unfinished {}; {} files read",
         summary.loaded,
         summary.rows,
         summary.bytes,
         summary.duplicate,
         summary.rejected,
         summary.retrying + summary.indeterminate + summary.local_errors,
+        summary.digested,
     );
 }

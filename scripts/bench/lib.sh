@@ -57,7 +57,7 @@ clock() {
 
 # `once` summary fields: prints "loaded rows bytes duplicate rejected unfinished".
 parse_summary() {
-    sed -n 's/^loaded \([0-9]*\) (\([0-9]*\) rows, \([0-9]*\) bytes), duplicate \([0-9]*\), rejected \([0-9]*\), unfinished \([0-9]*\)$/\1 \2 \3 \4 \5 \6/p' "$1" | tail -1
+    sed -n 's/^loaded \([0-9]*\) (\([0-9]*\) rows, \([0-9]*\) bytes), duplicate \([0-9]*\), rejected \([0-9]*\), unfinished \([0-9]*\).*$/\1 \2 \3 \4 \5 \6/p' "$1" | tail -1
 }
 
 # Sum of NumberLoadedRows and count of "Status": "Success" over curl's answers in a file.
