@@ -185,7 +185,7 @@ async fn once(args: &OnceArgs) -> anyhow::Result<Exit> {
     let service = Service::new(config)?;
     // A stop request (the timer unit stopped, Ctrl-C) takes no new files and lets running
     // attempts end at their next safe point; files not taken stay for the next run.
-    let (stop, _) = shutdown_signal()?;
+    let (stop, _) = shutdown_signal(None)?;
     let stopper = {
         let service = Arc::clone(&service);
         tokio::spawn(async move {
@@ -249,7 +249,7 @@ async fn run(args: &ConfigArg) -> anyhow::Result<Exit> {
     };
     let service = Service::new(config)?;
     let notifier = Arc::new(Notifier::from_env());
-    let (stop, reload) = shutdown_signal()?;
+    let (stop, reload) = shutdown_signal(Some(args.config.clone()))?;
 
     let metrics_server = listener.map(|listener| {
         let service = Arc::clone(&service);
@@ -357,7 +357,12 @@ fn folders(count: usize) -> String {
 /// Resolves on the first SIGTERM, SIGINT or SIGHUP; a second signal ends the process at once.
 /// Nothing is lost by that: every step the ledger depends on was flushed when it happened.
 /// The flag says whether the stop was a SIGHUP, after which `run` starts itself again.
-fn shutdown_signal() -> anyhow::Result<(impl std::future::Future<Output = ()>, Arc<AtomicBool>)> {
+///
+/// With `config`, a SIGHUP first checks that file: a configuration with problems is refused
+/// with its errors logged, and the service goes on with the one it has.
+fn shutdown_signal(
+    config: Option<std::path::PathBuf>,
+) -> anyhow::Result<(impl std::future::Future<Output = ()>, Arc<AtomicBool>)> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -369,10 +374,18 @@ fn shutdown_signal() -> anyhow::Result<(impl std::future::Future<Output = ()>, A
         let mut tx = Some(tx);
         for signal in signals.forever() {
             match tx.take() {
-                Some(tx) if signal == SIGHUP => {
+                Some(sender) if signal == SIGHUP => {
+                    if let Some(path) = &config
+                        && let Err(err) = Config::load(path)
+                    {
+                        error!(error = %err,
+                            "reload refused: the configuration has problems; running on with the old one");
+                        tx = Some(sender);
+                        continue;
+                    }
                     info!("reload requested: finishing running loads, then restarting");
                     flag.store(true, Ordering::SeqCst);
-                    let _ = tx.send(());
+                    let _ = sender.send(());
                 }
                 Some(tx) => {
                     info!(signal, "stop requested; a second signal stops at once");

@@ -108,7 +108,14 @@ pub async fn run(dir: Option<&Path>) -> anyhow::Result<Exit> {
     );
 
     let config_path = write_setup(&base, &emulator, &user, &password)?;
-    println!("config:   {}", config_path.display());
+    if dir.is_some() {
+        println!("config:   {}", config_path.display());
+    } else {
+        println!(
+            "config:   {} (removed at the end; `sluice demo --dir DIR` keeps it)",
+            config_path.display()
+        );
+    }
     let config = Config::load(&config_path)?;
     let service = Service::new(config)?;
 

@@ -55,3 +55,44 @@ async fn sighup_picks_up_a_new_watch_without_losing_the_running_one() {
     assert_eq!(env.rows("planes"), sample_rows("planes.csv"));
     assert_eq!(env.commits("planes"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_configuration_keeps_the_service_running() {
+    let env = EnvBuilder::new()
+        .watch(WatchSpec::new("planes", 9))
+        .start()
+        .await;
+    let good = fs::read_to_string(&env.config_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&env.config_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    fs::write(&env.config_path, good.replace("settle", "setle")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a broken config stopped the service"
+    );
+    drop_sample("planes.csv", &env.landing("planes"), "p.csv");
+    let loaded = wait_until(Duration::from_secs(20), || env.rows("planes") > 0).await;
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        loaded,
+        "the service stopped loading after the refused reload"
+    );
+}

@@ -453,6 +453,7 @@ impl Service {
             if watch.after_load == AfterLoad::Keep {
                 continue;
             }
+            self.warn_about_other_instances(watch);
             let Ok(entries) = fs::read_dir(self.work_dir(watch)) else {
                 continue;
             };
@@ -473,6 +474,30 @@ impl Service {
             }
         }
         found
+    }
+
+    /// Files claimed by other instances (other ledgers) wait in their own working folders; if
+    /// such an instance is gone for good (its ledger lost or replaced), nobody takes them, so
+    /// say so at every start.
+    fn warn_about_other_instances(&self, watch: &crate::config::WatchConfig) {
+        let Ok(entries) = fs::read_dir(&watch.work_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name() == self.ledger.instance() {
+                continue;
+            }
+            let files = fs::read_dir(entry.path()).map_or(0, |e| {
+                e.flatten()
+                    .filter(|f| f.file_type().is_ok_and(|t| t.is_file()))
+                    .count()
+            });
+            if files > 0 {
+                warn!(path = %entry.path().display(), files,
+                    "files claimed by another sluice instance wait here; if that instance and \
+                     its ledger are gone for good, move them back into the landing folder");
+            }
+        }
     }
 
     /// This instance's working folder of `watch`: `work_dir/<ledger instance id>`.
@@ -518,7 +543,8 @@ impl Service {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
-        capped.mul_f64(jitter)
+        // Whole milliseconds, so that logs read `1s 250ms`, not nanoseconds.
+        Duration::from_millis(u64::try_from(capped.mul_f64(jitter).as_millis()).unwrap_or(u64::MAX))
     }
 
     fn refuse_credentials(&self, message: &str) {
