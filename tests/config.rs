@@ -840,3 +840,26 @@ fn a_shared_dir_is_reported_even_when_the_watch_has_other_problems() {
         "{err}"
     );
 }
+
+#[test]
+fn a_done_or_failed_folder_that_is_another_watchs_landing_folder_is_refused() {
+    let fixture = Fixture::new();
+    fs::create_dir(fixture.path("other")).unwrap();
+    for key in ["done_dir", "failed_dir"] {
+        let text = fixture.fill(&format!(
+            "[cluster]\nendpoint = \"https://fe.example.com:8443\"\nuser = \"loader\"\n\
+             password_file = \"{{root}}/password\"\n\n\
+             [[watch]]\ndir = \"{{root}}/landing\"\ndatabase = \"sales\"\ntable = \"orders\"\n\
+             {key} = \"{{root}}/other\"\n\n\
+             [[watch]]\ndir = \"{{root}}/other\"\ndatabase = \"sales\"\ntable = \"returns\"\n"
+        ));
+        let err = fixture.refuse(&text);
+        let found = problem(&err, &format!("watch[0].{key}"));
+        assert_eq!(found.line, Some(10), "{err}");
+        assert!(
+            found.message.contains("landing folder of `watch[1]`"),
+            "{err}"
+        );
+        assert!(found.message.contains("sales.returns"), "{err}");
+    }
+}

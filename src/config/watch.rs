@@ -41,10 +41,46 @@ pub(super) fn build_watches(
     let mut seen_dirs = HashMap::new();
     for (index, watch) in watches.into_iter().enumerate() {
         if let Some(config) = build_watch(checker, path, index, watch, &mut seen_dirs) {
-            built.push(config);
+            built.push((index, config));
         }
     }
-    built
+    ensure_no_folder_is_a_landing_folder(checker, path, &built);
+    built.into_iter().map(|(_, config)| config).collect()
+}
+
+/// Reports a done, failed or working folder that is another watch's landing folder: every
+/// file moved there would be loaded a second time, into that watch's table.
+fn ensure_no_folder_is_a_landing_folder(
+    checker: &mut Checker<'_>,
+    path: &KeyPath,
+    built: &[(usize, WatchConfig)],
+) {
+    let identity = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    for (index, watch) in built {
+        let folders = [
+            ("done_dir", &watch.done_dir),
+            ("failed_dir", &watch.failed_dir),
+            ("work_dir", &watch.work_dir),
+        ];
+        for (key, folder) in folders {
+            let folder_id = identity(folder);
+            let Some((other, landing)) = built
+                .iter()
+                .find(|(other, w)| other != index && identity(&w.dir) == folder_id)
+            else {
+                continue;
+            };
+            checker.report(
+                &path.index(*index).key(key),
+                format!(
+                    "`{}` is the landing folder of `watch[{other}]`: files moved there would \
+                     be loaded again, into `{}`",
+                    folder.display(),
+                    landing.target()
+                ),
+            );
+        }
+    }
 }
 
 /// Reports a directory that an earlier watch (its index in `seen_dirs`) already watches.
