@@ -401,3 +401,55 @@ async fn bytes_that_differ_from_the_digest_are_never_committed_under_its_label()
     assert_eq!(env.rows("airlines"), 0);
     assert_eq!(env.commits("airlines"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_through_a_second_handle_after_its_digest_goes_to_the_failed_folder() {
+    let env = EnvBuilder::new()
+        .load_delay(Duration::from_millis(1500))
+        .watch(WatchSpec::new("airlines", 2))
+        .start()
+        .await;
+    let service = env.service();
+    let (stop, running) = spawn_run(&service);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = env.landing("airlines").join("a.csv");
+    // A second writer opens the file first and keeps it open.
+    let mut late = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    fs::write(
+        &path,
+        fs::read(format!("{}/airlines.csv", common::DATA)).unwrap(),
+    )
+    .unwrap();
+    assert!(wait_until(WAIT, || service.snapshot().loads_in_flight == 1).await);
+    late.write_all(b"ZZ,Written Late Inc.\n").unwrap();
+    drop(late);
+
+    assert!(
+        wait_until(WAIT, || !files_in(&env.landing("airlines").join("failed"))
+            .is_empty())
+        .await
+    );
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    assert_eq!(
+        env.rows("airlines"),
+        16,
+        "the digested bytes, not the late row"
+    );
+    assert_eq!(
+        files_in(&env.landing("airlines").join("failed")),
+        vec!["a.csv"]
+    );
+    let record = service.ledger().records().next().unwrap().unwrap();
+    assert_eq!(record.status, Status::Loaded);
+    assert!(
+        record
+            .message
+            .unwrap()
+            .contains("changed after it was digested")
+    );
+}

@@ -284,7 +284,26 @@ impl Service {
     ) -> anyhow::Result<FileOutcome> {
         if record.finished_at.is_none() || record.disposed_to.is_none() {
             record.finished_at.get_or_insert_with(SystemTime::now);
-            let destination = self.destination(watch, taken, record.status)?;
+            let mut destination = self.destination(watch, taken, record.status)?;
+            if self.changed_since_digest(taken, &record) {
+                // A writer still held the file open and wrote after the digest: the digested
+                // bytes are in, the rest is not. Keep it out of `done/` so a person sees it.
+                error!(label = %record.label, path = %record.path.display(),
+                    "the file changed after it was digested: only the digested bytes were \
+                     loaded; the file goes to the failed folder");
+                let note = "the file changed after it was digested; only the digested bytes \
+                            were loaded";
+                record.message = Some(match record.message.take() {
+                    Some(message) => format!("{message}; {note}"),
+                    None => note.to_owned(),
+                });
+                if watch.after_load != AfterLoad::Keep {
+                    destination = Some(dispose::free_name(
+                        &watch.failed_dir,
+                        file_name(&taken.original),
+                    )?);
+                }
+            }
             record.disposed_to.clone_from(&destination);
             // Invariant 2: the outcome is durable before the file moves.
             self.ledger.put(&record)?;
@@ -320,6 +339,18 @@ impl Service {
             }
         };
         Ok(outcome)
+    }
+
+    /// Whether the file on disk is no longer the one digested (a loaded or duplicate file only:
+    /// a rejected or indeterminate one goes to the failed folder anyway).
+    fn changed_since_digest(&self, taken: &Taken, record: &Record) -> bool {
+        if !matches!(record.status, Status::Loaded | Status::Duplicate) {
+            return false;
+        }
+        let now = std::fs::metadata(&taken.working)
+            .ok()
+            .map(|meta| identity_of(&meta));
+        now.is_some() && now != record.identity
     }
 
     /// Beside an indeterminate file in the failed folder: what happened and what to do.
