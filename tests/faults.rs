@@ -55,6 +55,16 @@ async fn loads_once_despite(fault: Fault) -> (Env, Record) {
     assert_eq!(only_label(&env).commits, 1);
     let record = records(&env).pop().unwrap();
     assert_eq!(record.status, Status::Loaded);
+
+    // A restart after the fault: nothing is sent again, nothing changes in the cluster.
+    let before = only_label(&env);
+    let again = env.once().await;
+    assert_eq!(
+        again.loaded + again.duplicate + again.retrying,
+        0,
+        "{again:?}"
+    );
+    assert_eq!(only_label(&env), before);
     (env, record)
 }
 
@@ -301,6 +311,63 @@ async fn a_reload_decision_sends_the_file_again() {
     let record = records(&env).pop().unwrap();
     assert_eq!(record.status, Status::Loaded);
     assert_eq!(record.actions[0].decision, "reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_neither_forgets_nor_hurries_a_scheduled_retry() {
+    let env = EnvBuilder::new()
+        .load("shutdown_grace = \"200ms\"")
+        .watch(WatchSpec::new("planes", 9))
+        .start()
+        .await;
+    let text = fs::read_to_string(&env.config_path).unwrap();
+    let text = text.replace("retry_initial = \"100ms\"", "retry_initial = \"2s\"");
+    fs::write(
+        &env.config_path,
+        text.replace("retry_max = \"500ms\"", "retry_max = \"2s\""),
+    )
+    .unwrap();
+    env.emulator.inject(Fault::MemLimit);
+    let service = env.service();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            service
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop_planes(&env).await;
+    let retrying = || {
+        service
+            .ledger()
+            .records()
+            .any(|r| r.unwrap().status == Status::Retrying)
+    };
+    assert!(common::wait_until(WAIT, retrying).await);
+    tx.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    drop(service);
+    let due = records(&env)
+        .pop()
+        .unwrap()
+        .next_attempt_at
+        .expect("the next attempt is stored");
+
+    let summary = env.once().await;
+
+    assert_eq!(summary.loaded, 1, "{summary:?}");
+    let record = records(&env).pop().unwrap();
+    assert_eq!(record.attempts.len(), 2);
+    assert!(
+        record.attempts[1].started_at >= due,
+        "the restart hurried the retry"
+    );
+    assert_eq!(only_label(&env).commits, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
