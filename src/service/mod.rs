@@ -156,7 +156,7 @@ pub struct Service {
     waits_for_credentials: AtomicBool,
     summary: Mutex<Summary>,
     digested: AtomicU64,
-    /// Becomes true in `run` once every watch directory is watched; see [`Service::ready`].
+    /// Becomes true in `run` once every directory is watched and its start-up scan taken in.
     ready: tokio::sync::watch::Sender<bool>,
     /// Files and bytes a `once` run plans to work on, set after its scan.
     planned: Mutex<Option<(u64, u64)>>,
@@ -263,11 +263,17 @@ impl Service {
         let (discovery, mut candidates) =
             Discovery::start(&self.config.watches, &self.config.load)?;
         info!(watches = self.config.watches.len(), "sluice is running");
-        self.ready.send_replace(true);
+        let mut scanned = false;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                // Ready (for systemd) once the start-up scan is in, not merely once watching.
+                () = discovery.initial_scan_done(), if !scanned => {
+                    scanned = true;
+                    debug!("start-up scan taken in");
+                    self.ready.send_replace(true);
+                }
                 candidate = candidates.recv() => {
                     let Some(candidate) = candidate else { break };
                     if let Some(taken) = self.take(&candidate) {
@@ -299,8 +305,8 @@ impl Service {
         Ok(self.summary())
     }
 
-    /// Whether `run` is watching every folder yet: it turns true once (after the watchers are
-    /// in place and the start-up scan is under way), for readiness notifications.
+    /// Whether `run` is watching every folder and has taken in its start-up scan: it turns
+    /// true once, for readiness notifications (systemd READY=1).
     pub fn ready(&self) -> tokio::sync::watch::Receiver<bool> {
         self.ready.subscribe()
     }

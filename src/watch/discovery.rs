@@ -47,6 +47,8 @@ pub struct Discovery {
     commands: mpsc::UnboundedSender<Command>,
     /// Kept for its side effect: the OS watches last as long as it does.
     _watcher: RecommendedWatcher,
+    /// Becomes true once the start-up scan of every directory has been merged.
+    scanned: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Debug)]
@@ -103,7 +105,8 @@ impl Discovery {
 
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (candidate_tx, candidate_rx) = mpsc::channel(CANDIDATE_QUEUE);
-        let task = Task::new(rules, load.settle);
+        let (scanned_tx, scanned) = tokio::sync::watch::channel(false);
+        let task = Task::new(rules, load.settle, scanned_tx);
         let channels = Channels {
             commands: command_rx,
             events: event_rx,
@@ -118,8 +121,16 @@ impl Discovery {
         let discovery = Discovery {
             commands: command_tx,
             _watcher: watcher,
+            scanned,
         };
         Ok((discovery, candidate_rx))
+    }
+
+    /// Resolves once the start-up scan of every watched directory has been taken in (its ready
+    /// files queued), or at once if it already was. Cancel-safe.
+    pub async fn initial_scan_done(&self) {
+        let mut scanned = self.scanned.clone();
+        let _ = scanned.wait_for(|done| *done).await;
     }
 
     /// Asks for a full rescan now, after forgetting which files were already sent: every file
@@ -186,10 +197,16 @@ struct Task {
     scan_again: bool,
     /// The watcher reported lost events in the current batch.
     lost_events: bool,
+    /// Told once, when the first full scan is merged.
+    scanned: tokio::sync::watch::Sender<bool>,
 }
 
 impl Task {
-    fn new(rules: Vec<Arc<Rules>>, settle: Duration) -> Task {
+    fn new(
+        rules: Vec<Arc<Rules>>,
+        settle: Duration,
+        scanned: tokio::sync::watch::Sender<bool>,
+    ) -> Task {
         let dirs = rules.iter().map(|rules| rules.dir.clone()).collect();
         let trackers = rules
             .into_iter()
@@ -206,6 +223,7 @@ impl Task {
             scan: None,
             scan_again: false,
             lost_events: false,
+            scanned,
         }
     }
 
@@ -403,6 +421,7 @@ impl Task {
             }
             Err(err) => warn!(error = %err, "directory scan failed"),
         }
+        self.scanned.send_replace(true);
         if std::mem::take(&mut self.scan_again) {
             self.start_scan();
         }
