@@ -3,7 +3,8 @@
 //! Exit codes (also in the README): 0 every file loaded or duplicate (or a clean stop of `run`);
 //! 1 an error stopped the command (bad config, ledger locked, unreachable setup); 2 bad command
 //! line; 3 at least one file was rejected by the cluster; 4 at least one file is unfinished
-//! (still retrying, indeterminate, or left in place by a local error). 4 wins over 3.
+//! (still retrying, indeterminate, or left in place by a local error). 4 wins over 3; 5 `ledger
+//! verify` found the ledger altered or damaged.
 
 use std::io::Write;
 
@@ -12,7 +13,6 @@ use tracing::info;
 
 use crate::cli::{Command, ConfigArg, LabelArgs, LedgerCommand};
 use crate::config::Config;
-use crate::ledger::Ledger;
 use crate::service::{Service, Summary};
 use crate::{audit, demo, emulator, label};
 
@@ -25,6 +25,8 @@ pub enum Exit {
     Usage = 2,
     Rejected = 3,
     Unfinished = 4,
+    /// `sluice ledger verify` found the ledger altered or damaged.
+    LedgerBroken = 5,
 }
 
 impl Exit {
@@ -49,14 +51,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Check(args) => check(&args),
         Command::Label(args) => print_label(&args),
-        Command::Ledger(LedgerCommand::List(args)) => {
-            audit::print_list(&open_ledger(&args)?, &mut std::io::stdout().lock())?;
-            Ok(Exit::Success)
-        }
-        Command::Ledger(LedgerCommand::Export(args)) => {
-            audit::export_jsonl(&open_ledger(&args)?, &mut std::io::stdout().lock())?;
-            Ok(Exit::Success)
-        }
+        Command::Ledger(command) => ledger(&command),
         Command::Run(args) => runtime()?.block_on(run(&args)),
         Command::Once(args) => runtime()?.block_on(once(&args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args.dir.as_deref())),
@@ -112,9 +107,12 @@ fn print_label(args: &LabelArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn open_ledger(args: &ConfigArg) -> anyhow::Result<Ledger> {
-    let config = load_config(args)?;
-    Ok(Ledger::open(&config.ledger.path)?)
+/// `sluice ledger ...` (see `audit`): 0, or `LedgerBroken` when `verify` found damage.
+fn ledger(command: &LedgerCommand) -> anyhow::Result<Exit> {
+    Ok(match audit::run_command(command)? {
+        audit::Verdict::Done => Exit::Success,
+        audit::Verdict::Broken => Exit::LedgerBroken,
+    })
 }
 
 async fn once(args: &ConfigArg) -> anyhow::Result<Exit> {

@@ -6,11 +6,18 @@
 //! path to its latest record so that kept files are recognised without being read. Every write
 //! that an invariant depends on is flushed before the call returns. Only this module touches sled.
 
+mod chain;
+mod scan;
+
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub use chain::{
+    ChainEntry, ChainHead, ChainProblem, ChainReport, GENESIS, SealedRecord, entry_hash, sha256_hex,
+};
 
 /// Errors of the ledger. None of them is worth retrying at once: the caller stops the file.
 #[derive(Debug, Error)]
@@ -206,13 +213,16 @@ impl Ledger {
                 source,
             })
         };
-        Ok(Ledger {
+        let ledger = Ledger {
             records: open("records")?,
             digests: open("digests")?,
             paths: open("paths")?,
             open: open("open")?,
             db,
-        })
+        };
+        // Tamper evidence (see chain.rs): chain records left by a version without it.
+        chain::adopt_unchained(&ledger)?;
+        Ok(ledger)
     }
 
     /// The record that owns (target, digest), if any.
@@ -314,9 +324,8 @@ impl Ledger {
                 source,
             }
         })?;
-        self.records
-            .insert(record.id.to_be_bytes(), bytes)
-            .map_err(LedgerError::Write)?;
+        // The record and its tamper-evidence chain entry, in one transaction (see chain.rs).
+        chain::insert_chained(self, record.id, &bytes)?;
         self.paths
             .insert(path_key(&record.path), &record.id.to_be_bytes())
             .map_err(LedgerError::Write)?;

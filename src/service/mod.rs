@@ -182,6 +182,8 @@ impl Service {
     ///
     /// A watch folder cannot be scanned.
     pub async fn once(self: &Arc<Self>) -> Result<Summary, ServiceError> {
+        // Ledger queries while this process holds the store (see audit::socket).
+        let audit = crate::audit::AuditServer::spawn(self.ledger.clone(), &self.config.ledger.path);
         let mut tasks = JoinSet::new();
         let limit = Arc::new(Semaphore::new(
             self.config.load.max_in_flight + EXTRA_HANDLERS,
@@ -197,6 +199,7 @@ impl Service {
             }
         }
         while tasks.join_next().await.is_some() {}
+        audit.stop().await;
         self.ledger.flush()?;
         Ok(self.summary())
     }
@@ -211,6 +214,8 @@ impl Service {
         self: &Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<Summary, ServiceError> {
+        // Ledger queries while this process holds the store (see audit::socket).
+        let audit = crate::audit::AuditServer::spawn(self.ledger.clone(), &self.config.ledger.path);
         let mut tasks = JoinSet::new();
         let limit = Arc::new(Semaphore::new(
             self.config.load.max_in_flight + EXTRA_HANDLERS,
@@ -247,6 +252,7 @@ impl Service {
             );
             tasks.abort_all();
         }
+        audit.stop().await;
         self.ledger.flush()?;
         Ok(self.summary())
     }
