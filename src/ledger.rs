@@ -195,7 +195,12 @@ impl Ledger {
     ///
     /// `Locked` when another process holds it; `Open` for anything else.
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
-        let db = sled::Config::new().path(path).open().map_err(|source| {
+        Self::open_with(path, sled::Config::new())
+    }
+
+    /// `open` with sled settings of the caller's (see `open_for_reading`).
+    fn open_with(path: &Path, config: sled::Config) -> Result<Ledger, LedgerError> {
+        let db = config.path(path).open().map_err(|source| {
             if is_lock_error(&source) {
                 LedgerError::Locked {
                     path: path.to_path_buf(),

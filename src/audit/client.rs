@@ -132,7 +132,7 @@ fn ask_or_open(dir: &Path, query: &Query, out: &mut dyn Write) -> Result<Verdict
             dir.display()
         )));
     }
-    match Ledger::open(dir) {
+    match Ledger::open_for_reading(dir) {
         Ok(ledger) => answer(&ledger, query, out),
         Err(LedgerError::Locked { path }) => Err(AuditError::Service(format!(
             "ledger at `{}` is held by another sluice process, and its audit socket `{}` does \

@@ -101,7 +101,7 @@ impl Drop for AuditServer {
 }
 
 /// Serves read-only queries on `socket` until `shutdown` completes, then removes the socket.
-/// Queries still running at shutdown are told to stop and get [`STOP_GRACE`] to end.
+/// Queries still running at shutdown are told to stop and get five seconds to end.
 ///
 /// # Errors
 ///
