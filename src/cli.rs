@@ -1,8 +1,11 @@
 //! The command line: parsing only. `main` turns it into work and an exit code.
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::ledger::Status;
 
 /// Loads files from landing directories into StarRocks or CelerData over HTTPS Stream Load,
 /// exactly once.
@@ -95,13 +98,20 @@ pub struct LabelArgs {
     pub prefix: String,
 }
 
-/// `sluice ledger ...`.
+/// `sluice ledger ...`: for auditors. Works while `sluice run` holds the ledger (through its
+/// audit socket) and without it (opening the ledger directly).
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
+    /// Every record with its evidence (stored JSON, SHA-256 chain), oldest first, streamed.
+    Export(LedgerExportArgs),
     /// One line per file record, newest first.
-    List(ConfigArg),
-    /// Every record as JSON lines, oldest first.
-    Export(ConfigArg),
+    List(LedgerListArgs),
+    /// The whole record of a label, SHA-256 or path: every attempt and operator action.
+    Show(LedgerShowArgs),
+    /// Files, bytes and rows by day, table and status.
+    Stats(LedgerStatsArgs),
+    /// Check the ledger's SHA-256 chain; exit 5 naming the first broken record when it fails.
+    Verify(LedgerVerifyArgs),
     /// Record an operator's decision on an indeterminate record, and act on it.
     Resolve(ResolveArgs),
 }
@@ -123,6 +133,118 @@ pub struct ResolveArgs {
     /// Why, for the auditors (required with `--reload`).
     #[arg(long)]
     pub reason: Option<String>,
+}
+
+/// Where the ledger commands find the ledger.
+#[derive(Debug, Args)]
+pub struct LedgerSource {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The ledger directory itself (`[ledger] path`); the configuration is then not read, so
+    /// no access to the password is needed.
+    #[arg(long, env = "SLUICE_LEDGER", value_name = "DIR")]
+    pub ledger: Option<PathBuf>,
+}
+
+/// Which records `ledger list` and `ledger stats` take.
+#[derive(Debug, Args)]
+pub struct LedgerFilterArgs {
+    /// Only records whose label starts with this.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Only files whose path, moved-to path or file name matches this glob (`*` crosses `/`).
+    #[arg(long, value_name = "GLOB")]
+    pub path: Option<String>,
+    /// Only files taken at or after TIME: an age such as `2d` or `90m`, or RFC 3339
+    /// (`2024-05-01T00:00:00Z`, or `2024-05-01` for its midnight UTC).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<SystemTime>,
+    /// Only these statuses, comma-separated or repeated: pending, submitting, loaded,
+    /// duplicate, rejected, retrying, indeterminate.
+    #[arg(long, value_delimiter = ',', value_parser = parse_status)]
+    pub status: Vec<Status>,
+    /// Only this target: `DB.TABLE`, or a table name in any database.
+    #[arg(long, value_name = "DB.TABLE")]
+    pub table: Option<String>,
+    /// Only files taken before TIME (same forms as `--since`).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<SystemTime>,
+}
+
+/// `sluice ledger export`.
+#[derive(Debug, Args)]
+pub struct LedgerExportArgs {
+    #[command(flatten)]
+    pub source: LedgerSource,
+    /// Output format.
+    #[arg(long, default_value = "jsonl")]
+    pub format: crate::audit::ExportFormat,
+    /// Write to FILE (complete or not at all: written beside it, then renamed) instead of
+    /// standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// `sluice ledger list`.
+#[derive(Debug, Args)]
+pub struct LedgerListArgs {
+    #[command(flatten)]
+    pub source: LedgerSource,
+    #[command(flatten)]
+    pub filter: LedgerFilterArgs,
+    /// JSON lines (DESIGN.md's export fields) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice ledger show`.
+#[derive(Debug, Args)]
+pub struct LedgerShowArgs {
+    #[command(flatten)]
+    pub source: LedgerSource,
+    /// A label or SHA-256 (or a prefix of 8 or more characters), or the path or name of the
+    /// file (where it was found or where it was moved).
+    #[arg(value_name = "LABEL|SHA256|PATH")]
+    pub key: String,
+    /// One JSON object per record (the stored record, `record_sha256`, `chain`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice ledger stats`.
+#[derive(Debug, Args)]
+pub struct LedgerStatsArgs {
+    #[command(flatten)]
+    pub source: LedgerSource,
+    #[command(flatten)]
+    pub filter: LedgerFilterArgs,
+    /// JSON lines instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice ledger verify`.
+#[derive(Debug, Args)]
+pub struct LedgerVerifyArgs {
+    #[command(flatten)]
+    pub source: LedgerSource,
+    /// A head printed by an earlier verify (`SEQ:HASH`) that must still be in the chain;
+    /// repeatable.
+    #[arg(long, value_name = "SEQ:HASH")]
+    pub anchor: Vec<crate::audit::Anchor>,
+}
+
+fn parse_time(text: &str) -> Result<SystemTime, String> {
+    crate::audit::parse_time(text, SystemTime::now())
+}
+
+fn parse_status(text: &str) -> Result<Status, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        format!(
+            "unknown status `{text}` (pending, submitting, loaded, duplicate, rejected, \
+             retrying, indeterminate)"
+        )
+    })
 }
 
 /// `sluice demo`.

@@ -3,7 +3,8 @@
 //! Exit codes (also in the README): 0 every file loaded or duplicate (or a clean stop of `run`);
 //! 1 an error stopped the command (bad config, ledger locked, unreachable setup); 2 bad command
 //! line; 3 at least one file was rejected by the cluster; 4 at least one file is unfinished
-//! (still retrying, indeterminate, or left in place by a local error). 4 wins over 3.
+//! (still retrying, indeterminate, or left in place by a local error). 4 wins over 3; 5 `ledger
+//! verify` found the ledger altered or damaged.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use tracing::{error, info};
 
 use crate::cli::{Command, ConfigArg, LabelArgs, LedgerCommand, OnceArgs, ResolveArgs};
 use crate::config::Config;
-use crate::ledger::Ledger;
 use crate::metrics::{self, OnceRun};
 use crate::notify::Notifier;
 use crate::service::{Decision, Service, Snapshot, Summary};
@@ -37,6 +37,8 @@ pub enum Exit {
     Usage = 2,
     Rejected = 3,
     Unfinished = 4,
+    /// `sluice ledger verify` found the ledger altered or damaged.
+    LedgerBroken = 5,
 }
 
 impl Exit {
@@ -62,15 +64,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<Exit> {
         Command::Check(args) => check(&args),
         Command::Doctor(args) => runtime()?.block_on(doctor(&args)),
         Command::Label(args) => print_label(&args),
-        Command::Ledger(LedgerCommand::List(args)) => {
-            audit::print_list(&open_ledger(&args)?, &mut std::io::stdout().lock())?;
-            Ok(Exit::Success)
-        }
-        Command::Ledger(LedgerCommand::Export(args)) => {
-            audit::export_jsonl(&open_ledger(&args)?, &mut std::io::stdout().lock())?;
-            Ok(Exit::Success)
-        }
         Command::Ledger(LedgerCommand::Resolve(args)) => resolve(&args),
+        Command::Ledger(command) => ledger(&command),
         Command::Run(args) => runtime()?.block_on(run(&args)),
         Command::Once(args) => runtime()?.block_on(once(&args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args.dir.as_deref())),
@@ -170,9 +165,12 @@ fn resolve(args: &ResolveArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn open_ledger(args: &ConfigArg) -> anyhow::Result<Ledger> {
-    let config = Config::load_without_password(&args.config)?;
-    Ok(Ledger::open(&config.ledger.path)?)
+/// `sluice ledger ...` (see `audit`): 0, or `LedgerBroken` when `verify` found damage.
+fn ledger(command: &LedgerCommand) -> anyhow::Result<Exit> {
+    Ok(match audit::run_command(command)? {
+        audit::Verdict::Done => Exit::Success,
+        audit::Verdict::Broken => Exit::LedgerBroken,
+    })
 }
 
 /// `sluice once`: progress while it works, the summary, and the metrics file when asked.

@@ -6,12 +6,19 @@
 //! path to its latest record so that kept files are recognised without being read. Every write
 //! that an invariant depends on is flushed before the call returns. Only this module touches sled.
 
+mod chain;
+mod scan;
+
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use thiserror::Error;
+
+pub use chain::{
+    ChainEntry, ChainHead, ChainProblem, ChainReport, GENESIS, SealedRecord, entry_hash, sha256_hex,
+};
 
 /// sled's page cache.
 const CACHE_BYTES: u64 = 8 << 20;
@@ -196,22 +203,23 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
         // sled's default cache is 1 GiB; records are read rarely (the path index answers the
         // common question), so a small cache keeps a restart over 100,000 files small.
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| {
-                if is_lock_error(&source) {
-                    LedgerError::Locked {
-                        path: path.to_path_buf(),
-                    }
-                } else {
-                    LedgerError::Open {
-                        path: path.to_path_buf(),
-                        source,
-                    }
+        Self::open_with(path, sled::Config::new().cache_capacity(CACHE_BYTES))
+    }
+
+    /// `open` with sled settings of the caller's (see `open_for_reading`).
+    fn open_with(path: &Path, config: sled::Config) -> Result<Ledger, LedgerError> {
+        let db = config.path(path).open().map_err(|source| {
+            if is_lock_error(&source) {
+                LedgerError::Locked {
+                    path: path.to_path_buf(),
                 }
-            })?;
+            } else {
+                LedgerError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
         let open = |name: &str| {
             db.open_tree(name).map_err(|source| LedgerError::Open {
                 path: path.to_path_buf(),
@@ -222,14 +230,17 @@ impl Ledger {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Ledger {
+        let ledger = Ledger {
             instance,
             records: open("records")?,
             digests: open("digests")?,
             paths: open("paths")?,
             open: open("open")?,
             db,
-        })
+        };
+        // Tamper evidence (see chain.rs): chain records left by a version without it.
+        chain::adopt_unchained(&ledger)?;
+        Ok(ledger)
     }
 
     /// The record that owns (target, digest), if any.
@@ -362,9 +373,8 @@ impl Ledger {
                 source,
             }
         })?;
-        self.records
-            .insert(record.id.to_be_bytes(), bytes)
-            .map_err(LedgerError::Write)?;
+        // The record and its tamper-evidence chain entry, in one transaction (see chain.rs).
+        chain::insert_chained(self, record.id, &bytes)?;
         self.paths
             .insert(path_key(&record.path), path_value(record))
             .map_err(LedgerError::Write)?;

@@ -6,8 +6,10 @@
 //! - `config`: the TOML file, its defaults and the validated `Config`.
 //! - `watch`: discovery (notify events, scans) and readiness of files.
 //! - `label`: the SHA-256 digest of a file and the label derived from it.
-//! - `ledger`: the sled store of file records and attempts; the only module that touches sled.
-//! - `audit`: the ledger's views for people and scripts (list, export).
+//! - `ledger`: the sled store of file records and attempts, and their SHA-256 chain; the only
+//!   module that touches sled.
+//! - `audit`: the auditors' side of the ledger (list, show, export, verify, stats) and the
+//!   read-only socket through which the ledger commands ask a running service.
 //! - `tls`: rustls client configuration for each `ssl_mode`.
 //! - `upload`: the Stream Load client (Expect, redirects, replies); the only HTTP client.
 //! - `service`: the pipeline from a ready file to its disposal; `run` and `once`.

@@ -206,6 +206,8 @@ impl Service {
     ///
     /// A watch folder cannot be scanned.
     pub async fn once(self: &Arc<Self>) -> Result<Summary, ServiceError> {
+        // Ledger queries while this process holds the store (see audit::socket).
+        let audit = crate::audit::AuditServer::spawn(self.ledger.clone(), &self.config.ledger.path);
         let mut tasks = JoinSet::new();
         let limit = Arc::new(Semaphore::new(
             self.config.load.max_in_flight + EXTRA_HANDLERS,
@@ -237,6 +239,7 @@ impl Service {
             }
         }
         while tasks.join_next().await.is_some() {}
+        audit.stop().await;
         self.ledger.flush()?;
         Ok(self.summary())
     }
@@ -251,6 +254,8 @@ impl Service {
         self: &Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<Summary, ServiceError> {
+        // Ledger queries while this process holds the store (see audit::socket).
+        let audit = crate::audit::AuditServer::spawn(self.ledger.clone(), &self.config.ledger.path);
         let mut tasks = JoinSet::new();
         let limit = Arc::new(Semaphore::new(
             self.config.load.max_in_flight + EXTRA_HANDLERS,
@@ -301,6 +306,7 @@ impl Service {
         recheck.abort();
         // The aborted task holds a reference to the service (and its ledger) until it is dropped.
         let _ = recheck.await;
+        audit.stop().await;
         self.ledger.flush()?;
         Ok(self.summary())
     }
