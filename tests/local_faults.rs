@@ -86,22 +86,104 @@ async fn a_full_disk_under_the_ledger_stops_the_start_clearly_and_loses_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_file_is_left_in_place_with_its_reason_and_no_record() {
+    use std::os::unix::fs::chown;
+
     let env = EnvBuilder::new()
         .watch(WatchSpec::new("planes", 9))
         .start()
         .await;
-    let path = env.landing("planes").join("secret.csv");
-    fs::write(&path, "a,b\n").unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
-    if fs::read(&path).is_ok() {
-        eprintln!("skipped: this user reads files whatever their mode (root)");
-        return;
-    }
+    let landing = env.landing("planes");
+    drop_sample("planes.csv", &landing, "good.csv");
+    let secret = landing.join("secret.csv");
+    fs::write(&secret, "a,b,c,d,e,f,g,h,i\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let summary = env.once().await;
+    // Root reads every file, so as root run sluice as `nobody`, who cannot read this one.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    if fs::read(&secret).is_ok() {
+        let can_drop = Command::new("setpriv").arg("--version").output().is_ok();
+        if !can_drop {
+            eprintln!("skipped: running as root and no setpriv to drop to another user");
+            return;
+        }
+        for dir in [
+            env.dir.path().to_path_buf(),
+            env.dir.path().join("landing"),
+            landing.clone(),
+        ] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        chown(env.dir.path().join("password"), Some(65534), Some(65534)).unwrap();
+        command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_sluice"));
+    }
+    let out = command
+        .args(["once", "--config"])
+        .arg(&env.config_path)
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("secret.csv") && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
+    assert_eq!(files_in(&landing), vec!["secret.csv"], "left where it was");
+    assert_eq!(env.commits("planes"), 1, "the readable file was loaded");
+    let export = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["ledger", "export", "--config"])
+        .arg(&env.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&export.stdout);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "no record for the unreadable file: {text}"
+    );
+    assert!(!text.contains("secret.csv"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_vanishes_while_being_digested_gets_no_record_and_is_not_sent() {
+    let env = EnvBuilder::new()
+        .watch(WatchSpec::new("planes", 9))
+        .start()
+        .await;
+    let landing = env.landing("planes");
+    // Large and sparse: its digest takes long enough to delete it in the middle.
+    let big = fs::File::create(landing.join("big.csv")).unwrap();
+    big.set_len(96 << 20).unwrap();
+    drop(big);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let service = env.service();
+    let once = {
+        let service = std::sync::Arc::clone(&service);
+        tokio::spawn(async move { service.once().await.unwrap() })
+    };
+    let claimed = common::wait_until(Duration::from_secs(10), || {
+        !common::working_files(&landing).is_empty()
+    })
+    .await;
+    assert!(claimed);
+    let work = fs::read_dir(landing.join(".sluice-work"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    fs::remove_file(work.path().join("big.csv")).unwrap();
+
+    let summary = once.await.unwrap();
 
     assert_eq!(summary.local_errors, 1, "{summary:?}");
-    assert_eq!(files_in(&env.landing("planes")), vec!["secret.csv"]);
-    assert_eq!(env.service().ledger().len(), 0);
+    assert_eq!(
+        service.ledger().len(),
+        0,
+        "no record claims what did not happen"
+    );
+    assert!(env.emulator.stats().labels.is_empty(), "nothing was sent");
 }

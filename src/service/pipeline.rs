@@ -123,6 +123,14 @@ impl Service {
             }
             return Ok(None);
         }
+        // The open handle reads on after the path is gone; a file deleted or replaced meanwhile
+        // must not be recorded (and then "moved") as if it were still there.
+        let still_there = std::fs::metadata(&taken.working).is_ok_and(|m| identity_of(&m) == after);
+        anyhow::ensure!(
+            still_there,
+            "`{}` vanished or was replaced while being digested",
+            taken.working.display()
+        );
         Ok(Some((file, sha256, after)))
     }
 
