@@ -154,22 +154,12 @@ async fn cut_short_during_a_slow_load(env: &Env) {
     env.emulator
         .inject(Fault::SlowAnswer(Duration::from_secs(3)));
     let service = env.service();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let service = Arc::clone(&service);
-        tokio::spawn(async move {
-            service
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-        })
-    };
+    let (tx, running) = common::spawn_run(&service);
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop_planes(env).await;
     assert!(common::wait_until(WAIT, || service.snapshot().loads_in_flight == 1).await);
     tx.send(()).unwrap();
-    let summary = running.await.unwrap().unwrap();
+    let summary = running.await.unwrap();
     assert_eq!(summary.loaded, 0, "{summary:?}");
 }
 
@@ -329,17 +319,7 @@ async fn a_restart_neither_forgets_nor_hurries_a_scheduled_retry() {
     .unwrap();
     env.emulator.inject(Fault::MemLimit);
     let service = env.service();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let service = Arc::clone(&service);
-        tokio::spawn(async move {
-            service
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-        })
-    };
+    let (tx, running) = common::spawn_run(&service);
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop_planes(&env).await;
     let retrying = || {
@@ -350,7 +330,7 @@ async fn a_restart_neither_forgets_nor_hurries_a_scheduled_retry() {
     };
     assert!(common::wait_until(WAIT, retrying).await);
     tx.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.await.unwrap();
     drop(service);
     let due = records(&env)
         .pop()
@@ -421,17 +401,7 @@ async fn run_waits_out_refused_credentials_and_resumes() {
     let env = env().await;
     env.emulator.set_password("rotated-on-the-cluster");
     let service: Arc<Service> = env.service();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let service = Arc::clone(&service);
-        tokio::spawn(async move {
-            service
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-        })
-    };
+    let (tx, running) = common::spawn_run(&service);
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop_planes(&env).await;
     let refused = || {
@@ -449,7 +419,7 @@ async fn run_waits_out_refused_credentials_and_resumes() {
     env.emulator.set_password("sluice-emulator");
     assert!(common::wait_until(WAIT, || env.rows("planes") == sample_rows("planes.csv")).await);
     tx.send(()).unwrap();
-    let summary = running.await.unwrap().unwrap();
+    let summary = running.await.unwrap();
     assert_eq!(summary.loaded, 1, "{summary:?}");
     assert_eq!(summary.rejected, 0);
     assert_eq!(only_label(&env).commits, 1);

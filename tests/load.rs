@@ -7,32 +7,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{EnvBuilder, WatchSpec, drop_sample, files_in, sample_rows, wait_until};
+use common::{EnvBuilder, WatchSpec, drop_sample, files_in, sample_rows, spawn_run, wait_until};
 use sluice::emulator::Mode;
 use sluice::ledger::Status;
-use sluice::service::Service;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Runs `service.run` in the background; the returned sender stops it.
-fn spawn_run(
-    service: &Arc<Service>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<sluice::service::Summary>,
-) {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let service = Arc::clone(service);
-    let handle = tokio::spawn(async move {
-        service
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap()
-    });
-    (tx, handle)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_of_real_csv_files_loads_with_matching_row_counts() {

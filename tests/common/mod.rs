@@ -332,3 +332,23 @@ pub fn working_files(landing: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Runs `service.run` in the background; the returned sender stops it.
+pub fn spawn_run(
+    service: &Arc<Service>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<sluice::service::Summary>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = Arc::clone(service);
+    let handle = tokio::spawn(async move {
+        service
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    (tx, handle)
+}
