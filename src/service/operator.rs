@@ -51,12 +51,19 @@ pub fn resolve(
             matches.push(record);
         }
     }
+    let statuses: Vec<&str> = matches.iter().map(|r| r.status.as_str()).collect();
     let Some(mut record) = matches
         .into_iter()
         .rev()
         .find(|r| r.status == Status::Indeterminate)
     else {
-        bail!("no indeterminate record has label `{label}`: only those need a decision");
+        if statuses.is_empty() {
+            bail!("no record has label `{label}`");
+        }
+        bail!(
+            "the record with label `{label}` is {}: only indeterminate records need a decision",
+            statuses.join(", ")
+        );
     };
 
     let watch = config
