@@ -41,7 +41,16 @@ pub(super) fn list_dir(rules: &Rules) -> io::Result<Listing> {
         // directories and fifos cost no stat; `metadata` does not follow symlinks.
         match entry.file_type() {
             Ok(kind) if kind.is_file() => {}
-            _ => continue,
+            // Folders are sluice's own (done, failed, working) or the writers' business.
+            Ok(kind) if kind.is_dir() => continue,
+            Ok(kind) => {
+                // A symlink could point anywhere (a password file, another landing folder):
+                // never followed, and said so, at debug since a rescan sees it every time.
+                tracing::debug!(path = %entry.path().display(), symlink = kind.is_symlink(),
+                    "not a regular file: not loaded");
+                continue;
+            }
+            Err(_) => continue,
         }
         let Ok(meta) = entry.metadata() else {
             continue;
