@@ -182,21 +182,7 @@ fn load_roots(ca_file: Option<&Path>) -> Result<Arc<RootCertStore>, TlsError> {
 }
 
 fn load_ca_file(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let pem = fs::read(path).map_err(|cause| TlsError::ReadCaFile {
-        path: path.to_owned(),
-        cause,
-    })?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|cause| TlsError::ParseCaFile {
-            path: path.to_owned(),
-            cause,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificates {
-            path: path.to_owned(),
-        });
-    }
+    let certs = read_certificates(path, PemFile::Ca)?;
 
     let mut roots = RootCertStore::empty();
     for (i, cert) in certs.into_iter().enumerate() {
@@ -237,22 +223,48 @@ fn load_system_roots() -> Result<Arc<RootCertStore>, TlsError> {
 /// The client certificate chain of `cluster.client_cert`: the certificate first, then any
 /// intermediates, as the server needs them.
 fn load_client_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = fs::read(path).map_err(|cause| TlsError::ReadClientFile {
-        path: path.to_owned(),
-        cause,
-    })?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|cause| TlsError::ParseClientFile {
-            path: path.to_owned(),
+    read_certificates(path, PemFile::Client)
+}
+
+/// Which PEM file a certificate list comes from, so that its errors say so.
+#[derive(Clone, Copy)]
+enum PemFile {
+    Ca,
+    Client,
+}
+
+/// Every certificate of the PEM file at `path`; at least one.
+fn read_certificates(
+    path: &Path,
+    which: PemFile,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let path_buf = || path.to_owned();
+    let pem = fs::read(path).map_err(|cause| match which {
+        PemFile::Ca => TlsError::ReadCaFile {
+            path: path_buf(),
             cause,
+        },
+        PemFile::Client => TlsError::ReadClientFile {
+            path: path_buf(),
+            cause,
+        },
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|cause| match which {
+            PemFile::Ca => TlsError::ParseCaFile {
+                path: path_buf(),
+                cause,
+            },
+            PemFile::Client => TlsError::ParseClientFile {
+                path: path_buf(),
+                cause,
+            },
         })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificates {
-            path: path.to_owned(),
-        });
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates { path: path_buf() });
     }
-    Ok(chain)
+    Ok(certs)
 }
 
 /// The private key of `cluster.client_key` (PKCS#8, PKCS#1 or SEC1 PEM). Its bytes never reach
